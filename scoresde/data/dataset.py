@@ -1,0 +1,122 @@
+"""The two kinds of data set, and the infinite stream of training batches drawn from them.
+
+* `ToyDataset`: a continuous distribution sampled afresh from a torch.Generator (levels = None).
+* `QuantizedDataset`: a finite array of integer values in {0, ..., levels - 1} (digits, images),
+  shape (N, C, H, W), with optional integer labels. Training batches are dequantized afresh
+  (`quantized.dequantize`), so the model sees x = 2 (v + u) / levels - 1.
+
+`BatchStream` draws all of its randomness (data order, toy draws, dequantization noise) from one
+CPU torch.Generator and exposes its full state, so a resumed run sees exactly the same batches.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .quantized import check_levels, dequantize
+
+
+class ToyDataset:
+    """A 2-D toy distribution: `sample(n, generator)` draws n fresh points, shape (n, 2)."""
+
+    levels = None
+    num_classes = None
+    event_shape = (2,)
+
+    def __init__(self, name: str, sampler: Callable[..., torch.Tensor]):
+        self.name = name
+        self._sampler = sampler
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self._sampler(n, generator)
+
+    def heldout(self, n: int, seed: int) -> torch.Tensor:
+        """n points from a generator seeded with `seed` (use seeds no training run uses)."""
+        return self.sample(n, torch.Generator().manual_seed(seed))
+
+    def __repr__(self) -> str:
+        return f"ToyDataset({self.name!r})"
+
+
+class QuantizedDataset:
+    """Integer values (N, C, H, W) in [0, levels), optional labels (N,) in [0, num_classes)."""
+
+    def __init__(self, values: torch.Tensor, levels: int, labels: torch.Tensor | None = None,
+                 name: str = ""):
+        self.levels = check_levels(levels)
+        values = torch.as_tensor(values)
+        if values.dim() != 4:
+            raise ValueError(f"{name or 'data'}: values must have shape (N, C, H, W), got {tuple(values.shape)}")
+        if values.shape[0] == 0:
+            raise ValueError(f"{name or 'data'}: the data set is empty")
+        if values.is_floating_point() or int(values.min()) < 0 or int(values.max()) >= levels:
+            raise ValueError(f"{name or 'data'}: values must be integers in [0, {levels}), "
+                             f"got range [{values.min().item()}, {values.max().item()}] ({values.dtype})")
+        self.values = values
+        if labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.long)
+            if labels.shape != (values.shape[0],):
+                raise ValueError(f"{name or 'data'}: {labels.numel()} labels for {values.shape[0]} samples")
+        self.labels = labels
+        self.num_classes = int(labels.max()) + 1 if labels is not None else None
+        self.name = name
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape[1:])
+
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"QuantizedDataset({self.name!r}, n={len(self)}, shape={self.event_shape}, "
+                f"levels={self.levels}, classes={self.num_classes})")
+
+
+class BatchStream:
+    """Endless training batches (x, y): toy draws, or epochs of dequantized samples in random order.
+
+    A finite set is visited in a fresh random permutation each epoch; the last incomplete batch of
+    an epoch is dropped, so every batch has exactly `batch_size` samples. y is None without labels.
+    """
+
+    def __init__(self, dataset, batch_size: int, generator: torch.Generator, device=None):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} is not allowed: it must be an integer >= 1")
+        finite = isinstance(dataset, QuantizedDataset)
+        if finite and batch_size > len(dataset):
+            raise ValueError(f"batch_size={batch_size} is larger than the data set ({len(dataset)} samples)")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.generator = generator
+        self.device = device
+        self.epoch = 0
+        self._perm = torch.randperm(len(dataset), generator=generator) if finite else None
+        self._pos = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ds, b = self.dataset, self.batch_size
+        if self._perm is None:
+            return ds.sample(b, self.generator).to(self.device), None
+        if self._pos + b > len(ds):
+            self._perm = torch.randperm(len(ds), generator=self.generator)
+            self._pos = 0
+            self.epoch += 1
+        idx = self._perm[self._pos:self._pos + b]
+        self._pos += b
+        x = dequantize(ds.values[idx], ds.levels, generator=self.generator)
+        y = ds.labels[idx] if ds.labels is not None else None
+        return x.to(self.device), (y.to(self.device) if y is not None else None)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "perm": self._perm, "pos": self._pos,
+                "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._perm, self._pos, self.epoch = state["perm"], int(state["pos"]), int(state["epoch"])

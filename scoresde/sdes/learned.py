@@ -1,0 +1,123 @@
+"""A learned noise schedule: VDM's monotone gamma network as a kernel-only SDE (Kingma et al. 2021).
+
+The schedule is a variance-preserving kernel parametrized by gamma_eta(t) = -log SNR(t), with
+SNR = alpha^2 / sigma^2 (the seed's section 2.2, SNR(t) = exp(-omega_eta(t))):
+
+    alpha(t)^2 = sigmoid(-gamma(t)),   sigma(t)^2 = sigmoid(gamma(t)),   alpha^2 + sigma^2 = 1,
+
+so in this package's convention lambda(t) = log(alpha / sigma) = -gamma(t) / 2. From KernelSDE,
+f = d log alpha / dt = -gamma'(t) sigma^2 / 2 and g^2 = d sigma^2/dt - 2 f sigma^2 = gamma'(t) sigma^2
+(a VP SDE with beta(t) = gamma'(t) sigma(t)^2).
+
+gamma is monotone by construction (VDM App. H, "NoiseSchedule_NNet"): with softplus-positive
+weights w1, w2 (F,), w3 (F,),
+
+    gamma~(t) = w1 t + (1/F) sum_j w3_j sigmoid(w2_j (2t - 1) + b_j)     (strictly increasing),
+    gamma(t)  = gamma_min + (gamma_max - gamma_min) (gamma~(t) - gamma~(0)) / (gamma~(1) - gamma~(0)),
+
+with trainable endpoints gamma_min and gamma_max = gamma_min + softplus(.) > gamma_min.
+gamma'(t) is taken by autograd (keeping the graph when gradients are enabled, so a loss that
+weights by gamma'(t) trains eta). The prior is N(0, I), as for every VP schedule.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import check_steps
+from .kernel import KernelSDE
+
+
+class MonotoneGamma(nn.Module):
+    """gamma(t) on [0, 1]: strictly increasing from gamma_min to gamma_max (module docstring)."""
+
+    def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0, n_features: int = 1024):
+        super().__init__()
+        gamma_min, gamma_max = float(gamma_min), float(gamma_max)
+        if not (math.isfinite(gamma_min) and math.isfinite(gamma_max) and gamma_max > gamma_min):
+            raise ValueError(f"gamma_min={gamma_min!r}, gamma_max={gamma_max!r} are not allowed: "
+                             f"they must be finite with gamma_max > gamma_min")
+        check_steps("n_features", n_features)
+        self.gamma_min = nn.Parameter(torch.tensor(gamma_min))
+        self._gap = nn.Parameter(torch.tensor(_softplus_inverse(gamma_max - gamma_min)))
+        # raw weights of the positive layers; w1 dominates at start, so gamma starts near linear
+        self._w1 = nn.Parameter(torch.tensor(_softplus_inverse(1.0)))
+        self._w2 = nn.Parameter(torch.randn(n_features))
+        self._b2 = nn.Parameter(torch.randn(n_features))
+        self._w3 = nn.Parameter(torch.randn(n_features))
+
+    @property
+    def gamma_max(self) -> torch.Tensor:
+        return self.gamma_min + F.softplus(self._gap)
+
+    def unnormalized(self, t: torch.Tensor) -> torch.Tensor:
+        """gamma~(t) for t of shape (B,), computed in t's dtype."""
+        w1, w2, b2, w3 = (p.to(t.dtype) for p in (self._w1, self._w2, self._b2, self._w3))
+        h = torch.sigmoid((2 * t[:, None] - 1) * F.softplus(w2) + b2)  # (B, F)
+        return F.softplus(w1) * t + (h * F.softplus(w3)).mean(1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        ends = self.unnormalized(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device))
+        frac = (self.unnormalized(t) - ends[0]) / (ends[1] - ends[0])
+        g0 = self.gamma_min.to(t.dtype)
+        return g0 + (self.gamma_max.to(t.dtype) - g0) * frac
+
+
+class LearnedSDE(KernelSDE, nn.Module):
+    """VP SDE with a learned schedule gamma_eta(t) on T = 1. Prior N(0, I).
+
+    An nn.Module: its parameters (the gamma network and endpoints) train with the score network.
+    """
+
+    def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0, n_features: int = 1024,
+                 N: int = 1000):
+        nn.Module.__init__(self)
+        KernelSDE.__init__(self, N=N, T=1.0)
+        self.gamma = MonotoneGamma(gamma_min, gamma_max, n_features)
+
+    def gamma_and_derivative(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """gamma(t) and gamma'(t), differentiable in eta when gradients are enabled."""
+        keep_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            s = t.detach().requires_grad_(True)
+            g = self.gamma(s)
+            (dg,) = torch.autograd.grad(g.sum(), s, create_graph=keep_graph)
+        return (g, dg) if keep_graph else (g.detach(), dg.detach())
+
+    def log_alpha(self, t):
+        return 0.5 * F.logsigmoid(-self.gamma(t))
+
+    def alpha(self, t):
+        return torch.sqrt(torch.sigmoid(-self.gamma(t)))
+
+    def sigma(self, t):
+        return torch.sqrt(torch.sigmoid(self.gamma(t)))
+
+    def log_snr(self, t):
+        return -0.5 * self.gamma(t)
+
+    def f(self, t):
+        g, dg = self.gamma_and_derivative(t)
+        return -0.5 * dg * torch.sigmoid(g)
+
+    def g2(self, t):
+        g, dg = self.gamma_and_derivative(t)
+        return dg * torch.sigmoid(g)
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    def __repr__(self) -> str:
+        with torch.no_grad():
+            lo, hi = float(self.gamma.gamma_min), float(self.gamma.gamma_max)
+        return f"LearnedSDE(gamma_min={lo:.4g}, gamma_max={hi:.4g}, N={self.N})"
+
+
+def _softplus_inverse(y: float) -> float:
+    """x with softplus(x) = y > 0."""
+    return y + math.log(-math.expm1(-y))

@@ -1,0 +1,119 @@
+"""Configs: files and overrides resolve to the stated types, unknown keys are named with a
+suggestion, bad values stop with one line naming the field, and saved configs load back equal."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scoresde.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "experiments" / "configs").glob("*.toml"))
+
+
+def test_toy2d_file_is_the_embedded_default():
+    # the README says `python -m scoresde.train` with no arguments runs experiments/configs/toy2d.toml
+    assert config_to_dict(load_config(ROOT / "experiments/configs/toy2d.toml")) == config_to_dict(load_config())
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_validate_and_roundtrip(path, tmp_path):
+    cfg = load_config(path)
+    save_config(cfg, tmp_path / "c.toml")
+    assert config_to_dict(load_config(tmp_path / "c.toml")) == config_to_dict(cfg)
+
+
+def test_shipped_configs_cover_the_issue():
+    assert {p.stem for p in CONFIGS} >= {"toy2d", "digits", "fashion_mnist", "cifar10"}
+    assert load_config(ROOT / "experiments/configs/fashion_mnist.toml").data.root == "/usr/share/datasets/fashion-mnist"
+
+
+def test_override_types():
+    cfg = load_config(None, ["train.steps=2000", "train.lr=1", "train.tensorboard=false", "model.hidden=128",
+                             "data.root=2024", "sde.beta_max=10", "data.name=moons"])
+    assert cfg.train.steps == 2000 and isinstance(cfg.train.steps, int)
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.tensorboard is False
+    assert cfg.model.params["hidden"] == 128 and cfg.model.params["depth"] == 3  # other defaults kept
+    assert cfg.data.root == "2024" and cfg.data.name == "moons"
+    assert cfg.sde.params == {"beta_min": 0.1, "beta_max": 10}
+
+
+def test_changing_the_model_drops_the_previous_arguments():
+    cfg = load_config(None, ["model.ch=16", "model.name=unet", "data.name=digits"])  # order does not matter
+    assert cfg.model.name == "unet" and cfg.model.params == {"ch": 16}
+
+
+def test_unknown_keys_suggest_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.stpes'; did you mean 'steps'"):
+        load_config(None, ["train.stpes=10"])
+    with pytest.raises(ConfigError, match=r"unknown config section 'trian'; did you mean 'train'"):
+        load_config(None, ["trian.steps=10"])
+    with pytest.raises(ConfigError, match=r"data.name='ring'.*did you mean 'ring8'"):
+        load_config(None, ["data.name=ring"])
+    with pytest.raises(ConfigError, match=r"sde.name='vpp'.*did you mean 'vp'"):
+        load_config(None, ["sde.name=vpp"])
+    with pytest.raises(ConfigError, match=r"model.name='mpl'.*did you mean 'mlp'"):
+        load_config(None, ["model.name=mpl"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.depht'; did you mean 'depth'"):
+        load_config(None, ["model.depht=2"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'sde.sigma_max'.*arguments of sde 'vp'"):
+        load_config(None, ["sde.sigma_max=2"])
+    with pytest.raises(ConfigError, match="model.dim is set from the data set"):
+        load_config(None, ["model.dim=3"])
+
+
+def test_unknown_keys_in_files(tmp_path):
+    (tmp_path / "c.toml").write_text('[train]\nbatch_sise = 3\n')
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        load_config(tmp_path / "c.toml")
+    (tmp_path / "d.toml").write_text('[train\n')
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(tmp_path / "d.toml")
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize("override, field", [
+    ("train.lr=-1e-3", "train.lr=-0.001"), ("train.batch_size=0", "train.batch_size=0"),
+    ("train.steps=1.5", "train.steps=1.5"), ("train.ema_decay=1", "train.ema_decay=1.0"),
+    ("train.steps=lots", "train.steps='lots'"), ("train.weighting=sigma", "train.weighting='sigma'"),
+    ("train.device=tpu", "train.device='tpu'"), ("model.parametrization=noise", "model.parametrization"),
+    ("train.loss=dsmm", "train.loss='dsmm'"), ("sample.method=dpm", "sample.method='dpm'"), ("train.p_uncond=0.1", "train.p_uncond=0.1"),
+])
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    msg = str(err.value)
+    assert field in msg and "\n" not in msg
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="section.field=value"):
+        load_config(None, ["train.steps"])
+
+
+def test_saved_config_is_complete(tmp_path):
+    cfg = load_config(None, ["model.hidden=64", "sde.name=ve", "sde.sigma_max=3.0", "model.parametrization=x0"])
+    save_config(cfg, tmp_path / "c.toml")
+    text = (tmp_path / "c.toml").read_text()
+    assert "[model]" in text and "hidden = 64" in text and "sigma_max = 3.0" in text
+    import tomllib
+    back = config_from_dict(tomllib.loads(text))
+    assert back == cfg and isinstance(back, Config)
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    # what a user sees: one line naming the field, exit status 1, no traceback from inside torch
+    for args, field in ((["train.lr=-1"], "train.lr"),
+                        (["data.name=mnist", f"data.root={tmp_path / 'missing'}"], "data.root"),
+                        (["model.hiden=3", "train.steps=1"], "hiden")):
+        r = subprocess.run([sys.executable, "-m", "scoresde.train", "--run-dir", str(tmp_path / "run"), *args],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert r.returncode == 1, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0], r.stderr
