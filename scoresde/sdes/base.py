@@ -130,6 +130,8 @@ class ReverseSDE:
         dy/ds = -(f - g^2 s)(T - s),  diffusion g(T - s);
       * torchdiffeq: calling it as `rsde(t, x)` returns dx/dt = f - c g^2 s at forward time t; with
         probability_flow=True this is the probability-flow ODE, integrable from T down to eps.
+        Adaptive torchdiffeq solvers step past the last output time and interpolate back, so pass
+        `options={"step_t": ts[1:]}` to make the last step end at eps (t must stay in (0, T]).
     """
 
     noise_type = "additive"

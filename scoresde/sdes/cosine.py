@@ -24,7 +24,7 @@ class CosineVPSDE(KernelSDE):
         super().__init__(N=N, T=T)
         self.s = check_positive_finite("s", s, allow_zero=True)
         if not self.T < 1.0:
-            raise ValueError(f"T={T!r} is not allowed: the cosine schedule needs 0 < T < 1")
+            raise ValueError(f"T={T!r} is not allowed: the cosine schedule must have 0 < T < 1 (alpha(1) = 0)")
         self._log_cos0 = math.log(math.cos(math.pi / 2 * self.s / (1 + self.s)))
 
     def log_alpha(self, t):
