@@ -2,13 +2,14 @@
 
 A registry is filled explicitly (built-ins are listed where the registry is made), by the
 `register` decorator, or lazily from an entry-point group of installed distributions, so another
-package can add an item without touching scoresde.
+package can add an item without touching scoresde. Plugins are listed without being imported; one
+is imported on its first `get`, so a broken plugin fails only when used, with an error naming it.
 """
 
 from __future__ import annotations
 
 import difflib
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Callable
 
 
@@ -27,7 +28,9 @@ class Registry:
             raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
 
         def decorator(obj):
-            if name in self._items and self._items[name] is not obj and not overwrite:
+            # a not-yet-imported entry point of that name is the same plugin registering itself
+            known = self._items.get(name)
+            if known is not None and known is not obj and not isinstance(known, EntryPoint) and not overwrite:
                 raise ValueError(f"{self.kind} {name!r} is already registered "
                                  f"({self._items[name]!r}); pass overwrite=True to replace it")
             self._items[name] = obj
@@ -36,14 +39,16 @@ class Registry:
         return decorator
 
     def _load_entry_points(self) -> None:
+        """Note (without importing) every installed plugin of the group; built-ins and explicit
+        registrations win over an entry point of the same name."""
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
         for ep in entry_points(group=self.entry_point_group):
-            if ep.name not in self._items:
-                self._items[ep.name] = ep.load()
+            self._items.setdefault(ep.name, ep)
 
     def get(self, name: str):
+        """The object registered as `name`; an installed plugin is imported on its first lookup."""
         if name not in self._items:
             self._load_entry_points()
         if name not in self._items:
@@ -51,7 +56,17 @@ class Registry:
             close = difflib.get_close_matches(str(name), known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(known)})")
-        return self._items[name]
+        item = self._items[name]
+        if isinstance(item, EntryPoint):
+            try:
+                item = item.load()
+            except Exception as err:
+                dist = getattr(item.dist, "name", None) or "an installed package"
+                raise ImportError(f"could not load {self.kind} plugin {name!r} = {item.value!r} "
+                                  f"(entry point group {self.entry_point_group!r}, from {dist}): "
+                                  f"{type(err).__name__}: {err}") from err
+            self._items[name] = item
+        return item
 
     def names(self) -> list[str]:
         self._load_entry_points()

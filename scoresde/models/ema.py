@@ -24,23 +24,25 @@ class EMA:
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
         self.num_updates = 0
+        self._pairs, self._source = None, None
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """theta_ema <- decay theta_ema + (1 - decay) theta, for every parameter and floating buffer.
 
-        Walks parameters and buffers directly: building two state_dicts per step cost ~5% of a small
-        model's training step (experiments/bench/train_throughput.py).
+        The pairing of tensors is computed once per source model: rebuilding it (or two state_dicts)
+        every step cost 5-9% of a small model's training step (experiments/bench/train_throughput.py).
         """
-        ema = list(self.module.named_parameters()) + list(self.module.named_buffers())
-        src = list(model.named_parameters()) + list(model.named_buffers())
-        if [k for k, _ in ema] != [k for k, _ in src]:
-            missing = sorted({k for k, _ in ema} ^ {k for k, _ in src})[:5]
-            raise ValueError(f"EMA.update got a model with different parameters than the averaged one ({missing})")
-        floats = [(e, s) for (_, e), (_, s) in zip(ema, src) if e.is_floating_point()]
-        torch._foreach_lerp_([e for e, _ in floats], [s.detach() for _, s in floats], 1.0 - self.decay)
-        for (_, e), (_, s) in zip(ema, src):
-            if not e.is_floating_point():
+        if self._pairs is None or self._source is not model:
+            self._pairs = _pair_tensors(self.module, model)
+            self._source = model
+        params, buffers = self._pairs
+        torch._foreach_lerp_([e for e, _ in params], [s.detach() for _, s in params], 1.0 - self.decay)
+        for (em, name), (sm, _) in buffers:  # looked up each step: module.to() replaces buffers
+            e, s = em._buffers[name], sm._buffers[name]
+            if e.is_floating_point():
+                e.lerp_(s, 1.0 - self.decay)
+            else:
                 e.copy_(s)
         self.num_updates += 1
 
@@ -59,6 +61,18 @@ class EMA:
         self.module.load_state_dict(state["module"], strict=True)
         self.decay = _check_decay(state["decay"])
         self.num_updates = int(state["num_updates"])
+
+
+def _pair_tensors(ema: nn.Module, model: nn.Module):
+    """Matching (ema, model) parameters, and matching (module, buffer name) slots, by qualified name."""
+    ema_p, src_p = dict(ema.named_parameters()), dict(model.named_parameters())
+    slots = lambda m: {f"{mn}.{bn}": (mod, bn) for mn, mod in m.named_modules() for bn in mod._buffers
+                       if mod._buffers[bn] is not None}
+    ema_b, src_b = slots(ema), slots(model)
+    if ema_p.keys() != src_p.keys() or ema_b.keys() != src_b.keys():
+        diff = sorted((ema_p.keys() ^ src_p.keys()) | (ema_b.keys() ^ src_b.keys()))[:5]
+        raise ValueError(f"EMA.update got a model with different parameters than the averaged one ({diff})")
+    return [(ema_p[k], src_p[k]) for k in ema_p], [(ema_b[k], src_b[k]) for k in ema_b]
 
 
 def _check_decay(decay) -> float:

@@ -22,12 +22,15 @@ from .denoise import tweedie_denoise
 from .exponential import ddim, dpmpp_2m, dpmpp_3m
 from .guidance import (ClassifierFreeGuidance, ClassifierGuidance, GradientGuidance, Guidance,
                        GuidanceSum, Inpainting, check_output, split_guidance)
+from .langevin import annealed_langevin, pc
 from .ode import ode
 from .schedules import SCHEDULES, time_grid
 from .sde_solvers import ancestral, euler_maruyama, reverse_diffusion
+from .sde_torchsde import torchsde_method
 
 METHODS = Registry("sampler", "scoresde.samplers", builtins={
     "euler_maruyama": euler_maruyama, "reverse_diffusion": reverse_diffusion, "ancestral": ancestral,
+    "torchsde": torchsde_method, "pc": pc, "annealed_langevin": annealed_langevin,
     "ode": ode, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m,
 })
 

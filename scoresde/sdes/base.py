@@ -93,7 +93,8 @@ class SDE(abc.ABC):
 
     # -- helpers ------------------------------------------------------------------------------
     def check_t(self, t: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Validate per-sample times t in (0, T]; a scalar or 0-d t is broadcast to x's batch."""
+        """Validate per-sample times t in (0, T] (NaN rejected); a scalar or 0-d t is broadcast to
+        x's batch and t is cast to x's dtype and device, so every output has x's dtype."""
         if not torch.is_tensor(t):
             t = torch.as_tensor(t, dtype=x.dtype if x is not None else torch.get_default_dtype(),
                                 device=x.device if x is not None else None)
@@ -103,16 +104,23 @@ class SDE(abc.ABC):
             raise ValueError(f"t must be a 1-D tensor of per-sample times, got shape {tuple(t.shape)}")
         if x is not None and t.shape[0] != x.shape[0]:
             raise ValueError(f"t has {t.shape[0]} times but x has batch size {x.shape[0]}")
-        if not torch.is_floating_point(t):
-            t = t.to(x.dtype if x is not None else torch.get_default_dtype())
+        if x is not None:  # results follow x's dtype and device, whatever t came in as
+            t = t.to(dtype=x.dtype, device=x.device)
+        elif not torch.is_floating_point(t):
+            t = t.to(torch.get_default_dtype())
         bad = ~((t > 0) & (t <= self.T * (1 + 1e-6)))
         if bool(bad.any()):
             raise ValueError(f"t={t[bad][0].item()!r} is outside the allowed range (0, T={self.T}]")
         return t
 
-    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
-        """The reverse-time SDE (eq. 6), or the probability-flow ODE (eq. 13) when probability_flow."""
-        return ReverseSDE(self, score_fn, probability_flow)
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False,
+                event_shape: tuple[int, ...] | None = None) -> "ReverseSDE":
+        """The reverse-time SDE (eq. 6), or the probability-flow ODE (eq. 13) when probability_flow.
+
+        `event_shape` (e.g. (C, H, W)) is only needed for the torchsde view of non-flat data, whose
+        states torchsde keeps flattened to (B, D).
+        """
+        return ReverseSDE(self, score_fn, probability_flow, event_shape)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -126,12 +134,15 @@ class ReverseSDE:
       * `sde(x, t)` / `discretize(x, t)`: reverse drift f - c g^2 s and diffusion in forward time t,
         to be stepped with negative dt (c = 1, or 1/2 for the probability flow);
       * torchsde: `f(s, y)` and `g_prod(s, y, v)` in the increasing time s = T - t on flattened
-        states y of shape (B, D) with additive noise (pass a Brownian motion of shape (B, D));
-        dy/ds = -(f - g^2 s)(T - s),  diffusion g(T - s);
+        states y of shape (B, D) with additive noise; dy/ds = -(f - g^2 score)(T - s), diffusion
+        g(T - s). Pass the Brownian motion yourself, with `dt` (without it a BrownianInterval query
+        costs so much that a 8000x2 srk solve did not finish in 120 s, vs 0.2 s with it):
+        `torchsde.BrownianInterval(0, T - eps, size=(B, D), dt=dt, levy_area_approximation=
+        "space-time")` serves euler, milstein and srk (srk needs the Levy area);
       * torchdiffeq: calling it as `rsde(t, x)` returns dx/dt = f - c g^2 s at forward time t; with
         probability_flow=True this is the probability-flow ODE, integrable from T down to eps.
-        Adaptive torchdiffeq solvers step past the last output time and interpolate back, so pass
-        `options={"step_t": ts[1:]}` to make the last step end at eps (t must stay in (0, T]).
+        Adaptive solvers may step past the requested end time (see `__call__`); to make the last
+        step end exactly at eps anyway, pass `options={"step_t": ts[1:]}`.
     """
 
     noise_type = "additive"
@@ -169,6 +180,13 @@ class ReverseSDE:
 
     # torchdiffeq view ------------------------------------------------------------------------
     def __call__(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """dx/dt at forward time t. Adaptive torchdiffeq solvers step past the last requested time and
+        interpolate back (dopri5 from T to eps = 1e-3 evaluated at t = -0.06). So the field is
+        continued outside (0, T]: by its value at T above T, and by its value at 1e-6 T for t <= 0
+        (not at t -> 0+, where a kernel-only sigma(t) rounds to 0 and g^2 by autograd is NaN).
+        Times inside (0, T] are used as given, and requested outputs stay accurate interpolants."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).clamp(max=self.T)
+        t = torch.where(t > 0, t, torch.full_like(t, 1e-6 * self.T))
         return self.sde(x, t)[0]
 
     # torchsde view (s = T - t, flattened states) -----------------------------------------------

@@ -80,9 +80,13 @@ class KernelSDE(SDE):
 
 
 def _time_derivative(fn, t: torch.Tensor) -> torch.Tensor:
-    """Elementwise d fn(t) / dt for a function acting independently on each entry of t."""
-    with torch.enable_grad():
-        s = t.detach().requires_grad_(True)
+    """Elementwise d fn(t) / dt for a function acting independently on each entry of t.
+
+    Works under torch.no_grad and torch.inference_mode too (samplers run there): autograd is
+    switched back on locally and t is cloned out of inference mode, so g(t) is never silently 0.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        s = t.detach().clone().requires_grad_(True)
         out = fn(s)
         if not out.requires_grad:  # fn does not depend on t
             return torch.zeros_like(t)

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .kernel import KernelSDE
@@ -41,9 +39,8 @@ class SubVPSDE(KernelSDE):
         return 1.0
 
     def t_of_log_snr(self, lam):
-        """alpha / (1 - alpha^2) = e^lambda  =>  alpha = 2 e^lambda / (1 + sqrt(1 + 4 e^{2 lambda}))."""
+        """alpha / (1 - alpha^2) = e^lambda  <=>  1/alpha - alpha = e^-lambda  <=>  log alpha = -asinh(e^-lambda / 2),
+        free of cancellation for every lambda; below lambda = -20, asinh(u) = log 2u to 1e-17, i.e. log alpha = lambda."""
         lam64 = lam.to(torch.float64)
-        log_alpha = math.log(2.0) + lam64 - torch.log1p(torch.sqrt(1 + 4 * torch.exp(2 * lam64)))
-        # for large lambda, alpha = 1 - e^{-lambda} / 2 + O(e^{-2 lambda}) avoids the cancellation
-        log_alpha = torch.where(lam64 > 30, -0.5 * torch.exp(-lam64), log_alpha)
+        log_alpha = torch.where(lam64 < -20, lam64, -torch.asinh(0.5 * torch.exp(-lam64.clamp(min=-20))))
         return linear_beta_t_of_log_alpha(log_alpha, self.beta_min, self.beta_max).to(lam.dtype)

@@ -1,0 +1,203 @@
+"""Sampler benchmark: NFE, wall time and error of every method on exact Gaussian-mixture scores,
+beside diffusers' DPM-Solver++ (2M, 3M) driven by the same score function; and the per-NFE
+overhead of the fixed-step samplers around a U-Net.
+
+    python experiments/bench/samplers.py [--quick] [--plot docs/samplers_error_vs_nfe.png]
+
+Cases: 2-D ring of 8 Gaussians and a 64-D mixture of 8 (random means), under VP and VE.
+Deterministic solvers: RMS error (over samples and coordinates) of the final denoised sample
+against the exact map x_T -> x0_hat, i.e. a dopri8 solve of the probability-flow ODE at rtol =
+atol = 1e-11 to eps = 1e-3 followed by the Tweedie step, from the same x_T (float64).
+Stochastic samplers: sliced-Wasserstein distance to true draws (its noise floor, two true draws,
+is printed). NFE counts every score evaluation, the final denoising step included.
+
+The peer (`pip install scoresde[bench]` brings diffusers) is EDMDPMSolverMultistepScheduler, DPM-
+Solver++ in EDM's sigma space: any kernel SDE's probability-flow ODE is EDM's ODE in x~ = x/alpha,
+sigma~ = sigma/alpha, with denoiser D(x~, sigma~) = x0_hat(alpha x~, t(sigma~)); its Karras grid
+runs from sigma~(T) to sigma~(eps) and its last step (to sigma~ = 0) returns D, so N scheduler
+steps are N score evaluations, like our N - 1 steps plus the final Tweedie step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+
+import torch
+from torchdiffeq import odeint
+
+from scoresde.analytic import GaussianMixture
+from scoresde.metrics import sliced_wasserstein
+from scoresde.sampling import sample, tweedie_denoise
+from scoresde.sdes import VESDE, VPSDE
+
+EPS = 1e-3
+NFES = (10, 20, 50, 100)
+
+
+def mixtures():
+    g = torch.Generator().manual_seed(0)
+    return {"2d-ring8": GaussianMixture.ring(8, 4.0, 0.5),
+            "64d-mix8": GaussianMixture(torch.randn(8, 64, generator=g, dtype=torch.float64) * 1.5, 0.5)}
+
+
+def reference(score, sde, x_T):
+    flow = sde.reverse(score, probability_flow=True)
+    x = odeint(flow, x_T, torch.tensor([sde.T, EPS], dtype=torch.float64), method="dopri8", rtol=1e-11, atol=1e-11)[-1]
+    return tweedie_denoise(score, sde, x, torch.full((x.shape[0],), EPS, dtype=x.dtype))
+
+
+def peer_dpmpp(score, sde, x_T, nfe: int, order: int):
+    """diffusers' EDM DPM-Solver++ (Karras rho = 7, lower-order final steps) on our score."""
+    from diffusers import EDMDPMSolverMultistepScheduler
+    tt = torch.tensor([sde.T, EPS], dtype=torch.float64)
+    smax, smin = (sde.sigma(tt) / sde.alpha(tt)).tolist()
+    sch = EDMDPMSolverMultistepScheduler(sigma_min=smin, sigma_max=smax, solver_order=order,
+                                         algorithm_type="dpmsolver++", final_sigmas_type="zero")
+    sch.set_timesteps(nfe)
+    sd = sch.config.sigma_data
+    x = x_T / sde.alpha(tt[:1])
+    for i, ts in enumerate(sch.timesteps):
+        s_tilde = float(sch.sigmas[i])
+        t = sde.t_of_log_snr(torch.tensor([-math.log(s_tilde)], dtype=torch.float64)).clamp(EPS / 2, sde.T)
+        a = float(sde.alpha(t))
+        d = tweedie_denoise(score, sde, a * x, t.expand(x.shape[0])).to(x.dtype)
+        c_skip = sd ** 2 / (s_tilde ** 2 + sd ** 2)
+        c_out = s_tilde * sd / (s_tilde ** 2 + sd ** 2) ** 0.5
+        x = sch.step((d - c_skip * x) / c_out, ts, x).prev_sample
+    return x
+
+
+OURS_DET = [  # name, method, options, steps for an NFE budget n (or None if n cannot be met)
+    ("ddim", "ddim", {}, lambda n: n - 1),
+    ("dpmpp_2m", "dpmpp_2m", {}, lambda n: n - 1),
+    ("dpmpp_3m", "dpmpp_3m", {}, lambda n: n - 1),
+    ("dpmpp_3m karras", "dpmpp_3m", {"schedule": "karras"}, lambda n: n - 1),
+    ("ode rk4 log_snr", "ode", {"solver": "rk4", "schedule": "log_snr"}, lambda n: (n - 1) // 4 or None),
+]
+OURS_STOCH = [
+    ("euler_maruyama", "euler_maruyama", {}, lambda n: n - 1),
+    ("reverse_diffusion", "reverse_diffusion", {}, lambda n: n - 1),
+    ("ancestral", "ancestral", {}, lambda n: n - 1),
+    ("pc (rd + langevin)", "pc", {"step_rule": "kernel"}, lambda n: (n - 1) // 2 or None),
+    ("torchsde srk", "torchsde", {}, lambda n: (n - 1) // 3 or None),
+]
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def run_accuracy(nfes, n_samples, rows):
+    print(f"{'case':22s} {'method':24s} {'NFE':>5s} {'wall s':>7s} {'error':>10s}")
+    for mix_name, mix in mixtures().items():
+        for sde in (VPSDE(), VESDE()):
+            case = f"{mix_name} {type(sde).__name__[:2]}"
+            score = mix.score_fn(sde)
+            n = n_samples if mix.dim == 2 else n_samples // 2
+            x_T = sde.prior_sampling((n, mix.dim), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+            ref = reference(score, sde, x_T)
+            true_a, _ = mix.sample(n, torch.Generator().manual_seed(2))
+            true_b, _ = mix.sample(n, torch.Generator().manual_seed(3))
+            sw_gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+            floor = sliced_wasserstein(true_a, true_b, generator=sw_gen())
+            print(f"{case:22s} {'(SW noise floor)':24s} {'':>5s} {'':>7s} {floor:10.4f}")
+            for budget in nfes + ("default",):
+                entries = []
+                for name, method, opts, steps_of in OURS_DET + OURS_STOCH:
+                    steps = None if budget == "default" else steps_of(budget)
+                    if budget != "default" and steps is None:
+                        continue
+                    if budget == "default" and method == "ode":
+                        opts = {}  # the default ode is adaptive dopri5
+                    (x, info), wall = timed(lambda: sample(score, sde, method=method, steps=steps, x_T=x_T,
+                                                           generator=torch.Generator().manual_seed(4),
+                                                           return_info=True, **opts))
+                    det = (name, method, opts, steps_of) in OURS_DET
+                    err = (x - ref).pow(2).mean().sqrt().item() if det else sliced_wasserstein(x, true_a, generator=sw_gen())
+                    entries.append((name + (" (default)" if budget == "default" else ""), info.nfe, wall, err, det))
+                if budget != "default":
+                    for order in (2, 3):
+                        x, wall = timed(lambda: peer_dpmpp(score, sde, x_T, budget, order))
+                        entries.append((f"diffusers dpmpp_{order}m", budget, wall, (x - ref).pow(2).mean().sqrt().item(), True))
+                for name, nfe, wall, err, det in entries:
+                    kind = "rms" if det else "sw"
+                    print(f"{case:22s} {name:24s} {nfe:5d} {wall:7.3f} {err:10.3e} {kind}")
+                    rows.append((case, name, nfe, wall, err, kind))
+
+
+def run_overhead(batch=64, nfe=10):
+    """Wall time per NFE of each fixed-step sampler over the U-Net's own forward time."""
+    from scoresde.models import UNet
+    torch.manual_seed(0)
+    net = UNet(3, 32, ch=64).eval()
+    sde = VPSDE()
+    x = torch.randn(batch, 3, 32, 32)
+
+    def score(x, t):
+        return -net(x, t) / sde.sigma(t.double()).to(x.dtype)[:, None, None, None]
+
+    with torch.no_grad():
+        score(x, torch.full((batch,), 0.5))
+        fwd = min(timed(lambda: score(x, torch.full((batch,), 0.5)))[1] for _ in range(3))
+    print(f"\nU-Net(3, 32, ch=64) forward at batch {batch}: {fwd:.3f} s  (torch threads {torch.get_num_threads()})")
+    print(f"{'method':28s} {'NFE':>4s} {'wall s':>7s} {'s / NFE':>8s} {'ratio':>6s}")
+    out = []
+    for name, method, opts, steps in [("ddim", "ddim", {}, nfe - 1), ("dpmpp_2m", "dpmpp_2m", {}, nfe - 1),
+                                      ("dpmpp_3m", "dpmpp_3m", {}, nfe - 1),
+                                      ("euler_maruyama", "euler_maruyama", {}, nfe - 1),
+                                      ("ancestral", "ancestral", {}, nfe - 1),
+                                      ("ode euler (torchdiffeq)", "ode", {"solver": "euler"}, nfe - 1)]:
+        (_, info), wall = timed(lambda: sample(score, sde, method=method, steps=steps, x_T=x,
+                                               return_info=True, **opts))
+        print(f"{name:28s} {info.nfe:4d} {wall:7.2f} {wall / info.nfe:8.3f} {wall / info.nfe / fwd:6.3f}")
+        out.append((name, info.nfe, wall, wall / info.nfe / fwd))
+    return fwd, out
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cases = sorted({r[0] for r in rows})
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 3.6), squeeze=False)
+    for ax, case in zip(axes[0], cases):
+        for name in ["ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_3m karras", "ode rk4 log_snr",
+                     "diffusers dpmpp_2m", "diffusers dpmpp_3m"]:
+            pts = sorted((r[2], r[4]) for r in rows if r[0] == case and r[1] == name)
+            if pts:
+                ax.loglog(*zip(*pts), "o--" if name.startswith("diffusers") else "o-", label=name, ms=3)
+        ax.set_title(case)
+        ax.set_xlabel("NFE")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("RMS error vs exact PF-ODE map")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"\nplot written to {path}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="NFE 10 and 20 only, fewer samples, no U-Net")
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--plot", default=None, help="write the error-vs-NFE plot here")
+    p.add_argument("--no-overhead", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}")
+    rows = []
+    run_accuracy((10, 20) if args.quick else NFES, 500 if args.quick else args.samples, rows)
+    if args.plot:
+        plot(rows, args.plot)
+    if not (args.quick or args.no_overhead):
+        run_overhead()
+
+
+if __name__ == "__main__":
+    main()
