@@ -39,14 +39,16 @@ VLB_T_SAMPLINGS = ("antithetic", "uniform", "stratified")
 
 def vdm_loss(model, sde, x0: torch.Tensor, y: torch.Tensor | None = None, *, levels: int | None,
              data_range: tuple[float, float] = (-1.0, 1.0), eps: float = 1e-5,
-             t_sampling: str = "antithetic", generator: torch.Generator | None = None,
+             t_sampling: str | None = None, generator: torch.Generator | None = None,
              reduce: bool = True) -> torch.Tensor:
     """The VDM bound on -log2 P(v) / D per sample (module docstring); its batch mean if reduce.
 
     model: a ScoreModel (any parametrization) on `sde`, a VP kernel SDE with gamma_and_derivative(t)
     (LearnedSDE). x0: dequantized data in `data_range`, quantized to `levels` levels (None for
-    continuous data). Gradients reach both the network and the schedule's parameters.
+    continuous data). t_sampling in VLB_T_SAMPLINGS (None: antithetic). Gradients reach both the
+    network and the schedule's parameters.
     """
+    t_sampling = t_sampling or "antithetic"
     if t_sampling not in VLB_T_SAMPLINGS:
         raise ValueError(f"t_sampling={t_sampling!r} is not allowed: use one of {VLB_T_SAMPLINGS}")
     if not torch.is_tensor(x0) or not torch.is_floating_point(x0) or x0.dim() < 2 or x0.shape[0] == 0:
