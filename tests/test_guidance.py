@@ -22,13 +22,6 @@ SDES = {"vp": VPSDE(), "ve": VESDE(sigma_max=50.0)}
 K = 2  # the rarest, narrowest component
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def classifier(sde):
     return lambda x, t: MIX.log_posterior(x, t, sde)  # log-probabilities are valid logits

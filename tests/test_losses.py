@@ -26,14 +26,6 @@ SDES = [VPSDE(), VESDE(), CosineVPSDE(), SubVPSDE()]
 M, S = 0.4, 0.6  # Gaussian data N(M, S^2 I)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors on a shared 2-core machine: intra-op threads only contend (measured 20x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def edm_F(x0, x, a, sg, sigma_data):
     """The raw output F of an x0-model: EDM's D = c_skip x~ + c_out F (Karras et al. 2022, Table 1) in the

@@ -19,14 +19,6 @@ from scoresde.sdes import VESDE, VPSDE, CosineVPSDE, SubVPSDE
 SDES = [VPSDE(), VESDE(), CosineVPSDE(), SubVPSDE()]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors on a shared 2-core machine: intra-op threads only contend (measured 20x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _kernel_case(d=5, B=7, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -23,14 +23,6 @@ MIX = GaussianMixture([[-4.0, 0.0], [4.0, 1.0], [0.0, 5.0]], [0.5, 1.0, 0.3], [0
 SDES = {"vp": VPSDE(), "ve": VESDE(sigma_min=0.01, sigma_max=50.0)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on a shared 2-core machine: one intra-op thread is ~40x faster (measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def floor():

@@ -26,13 +26,6 @@ EPS = 1e-3
 SDES = {"vp": VPSDE(), "ve": VESDE(sigma_max=20.0)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def gaussian_problem(sde, m=0.7, s=0.3):
     x_T = sde.prior_sampling((200, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)

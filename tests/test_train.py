@@ -23,14 +23,6 @@ DIGITS = ["data.name=digits", "model.name=unet", "model.ch=8", "model.ch_mult=[1
           "train.ckpt_every=3", "train.keep_last=10", "train.log_every=3", "train.tensorboard=false"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the tiny models here run fastest on one thread, and much faster when the CPU is shared
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def assert_same_state(a: Trainer, b: Trainer):
     for name in ("model", "ema", "optimizer"):
