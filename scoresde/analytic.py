@@ -11,23 +11,41 @@ import math
 
 import torch
 
-from .sdes.base import batch_view
+from .sdes.base import batch_view, check_generator, check_steps
+
+
+def _real(name: str, value, dtype) -> torch.Tensor:
+    """value (numbers, nested lists, an array or a real tensor) as a tensor of dtype, or TypeError."""
+    if isinstance(value, (str, bytes)) or value is None or isinstance(value, bool) or (
+            torch.is_tensor(value) and (value.is_complex() or value.dtype == torch.bool)):
+        raise TypeError(f"{name} must be real numbers (a number, list, array or tensor), got {value!r}")
+    try:
+        return torch.as_tensor(value, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be real numbers (a number, list, array or tensor): {err}") from None
 
 
 class GaussianMixture:
     """An isotropic Gaussian mixture in D dimensions: means (K, D), stds (K,), weights (K,)."""
 
     def __init__(self, means, stds, weights=None, dtype=torch.float64):
-        self.means = torch.as_tensor(means, dtype=dtype)
-        if self.means.dim() != 2:
-            raise ValueError(f"means must have shape (K, D), got {tuple(self.means.shape)}")
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype={dtype!r} is not allowed: use torch.float32 or torch.float64")
+        self.means = _real("means", means, dtype)
+        if self.means.dim() != 2 or self.means.shape[0] == 0 or self.means.shape[1] == 0:
+            raise ValueError(f"means must have shape (K, D) with K, D >= 1, got {tuple(self.means.shape)}")
+        if not bool(torch.isfinite(self.means).all()):
+            raise ValueError(f"means must be finite, got {self.means.tolist()}")
         K = self.means.shape[0]
-        self.stds = torch.as_tensor(stds, dtype=dtype).expand(K).clone()
-        if not bool((self.stds > 0).all()):
-            raise ValueError(f"stds must be > 0, got {self.stds.tolist()}")
-        w = torch.full((K,), 1.0 / K, dtype=dtype) if weights is None else torch.as_tensor(weights, dtype=dtype)
-        if w.shape != (K,) or not bool((w > 0).all()):
-            raise ValueError(f"weights must be K={K} positive numbers, got {w.tolist()}")
+        stds = _real("stds", stds, dtype)
+        if stds.dim() > 1 or stds.numel() not in (1, K):
+            raise ValueError(f"stds must be one number or K={K} numbers, got shape {tuple(stds.shape)}")
+        self.stds = stds.expand(K).clone()
+        if not bool(((self.stds > 0) & torch.isfinite(self.stds)).all()):
+            raise ValueError(f"stds must be finite and > 0, got {self.stds.tolist()}")
+        w = torch.full((K,), 1.0 / K, dtype=dtype) if weights is None else _real("weights", weights, dtype)
+        if w.shape != (K,) or not bool(((w > 0) & torch.isfinite(w)).all()):
+            raise ValueError(f"weights must be K={K} finite positive numbers, got {w.tolist()}")
         self.weights = w / w.sum()
 
     @classmethod
@@ -44,6 +62,8 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """n draws and their component labels."""
+        n = check_steps("n", n)
+        check_generator(generator)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, dtype=self.means.dtype, generator=generator)
         return self.means[k] + self.stds[k, None] * z, k

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class TrainConfig:
     ckpt_every: int = 2000
     keep_last: int = 3
     tensorboard: bool = True
+    max_bad_steps: int = 20  # stop after this many consecutive skipped (non-finite loss/gradient) steps
 
 
 @dataclass
@@ -192,13 +194,17 @@ def load_config(path=None, overrides=()) -> Config:
     """Defaults, then the TOML file at `path` (if any), then `key.sub=value` overrides; validated."""
     cfg = Config()
     if path is not None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file path (str or os.PathLike) or None, got {path!r}")
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"--config {path}: no such file")
+            raise ConfigError(f"--config {path}: {'is a directory, not a file' if path.is_dir() else 'no such file'}")
         try:
-            table = tomllib.loads(path.read_text())
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not a UTF-8 text file (TOML must be UTF-8): {e}") from None
         # a file states the whole model/sde: its [model]/[sde] arguments replace the defaults
         for section in ("model", "sde"):
             if "name" in table.get(section, {}):
@@ -223,6 +229,13 @@ def apply_overrides(cfg: Config, overrides) -> Config:
     `sde.name` / `model.name` are applied first; changing them drops the previous constructor
     arguments, so `model.name=unet model.ch=32` means a U-Net with ch=32 and its other defaults.
     """
+    if not isinstance(cfg, Config):
+        raise TypeError(f"apply_overrides needs a Config (from load_config), got {type(cfg).__name__}")
+    if isinstance(overrides, (str, bytes)) or not isinstance(overrides, (list, tuple)):
+        raise TypeError(f"overrides must be a list of 'section.field=value' strings, got {overrides!r}")
+    for item in overrides:
+        if not isinstance(item, str):
+            raise TypeError(f"each override must be a 'section.field=value' string, got {item!r}")
     names = [o for o in overrides if o.partition("=")[0].strip() in ("sde.name", "model.name")]
     for item in names + [o for o in overrides if o not in names]:
         key, sep, text = item.partition("=")
@@ -312,30 +325,44 @@ def _check_params(section: str, name: str, factory, params: dict, reserved=()) -
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
         return
     allowed = [k for k in sig if k not in reserved and k != "self"]
-    for key in params:
+    for key, value in params.items():
         if key in reserved:
             raise ConfigError(f"{section}.{key} is set from the data set; remove it from the config")
         if key not in allowed:
             raise ConfigError(f"unknown config key {section + '.' + key!r}{_suggest(key, allowed)} "
                               f"(fields: {', '.join(_fields(getattr(Config(), section)))}; "
                               f"arguments of {section} {name!r}: {', '.join(allowed)})")
+        default = sig[key].default  # a plain default states the argument's type
+        if type(default) in (bool, int, float, str):
+            _coerce(f"{section}.{key}", type(default), value)
 
 
 def validate(cfg: Config) -> Config:
     """Check every value that can be checked without building the run; raise ConfigError."""
+    import torch
+
     from .data import list_datasets
     from .losses import LOSSES, T_SAMPLINGS, WEIGHTINGS
     from .models import MODELS, PARAMETRIZATIONS
     from .sampling import list_samplers
     from .sdes import SDES, list_sdes
+    from .sdes.base import MIN_EPS
 
+    if not isinstance(cfg, Config):
+        raise TypeError(f"validate needs a Config (from load_config), got {type(cfg).__name__}")
     t, s = cfg.train, cfg.sample
     _known("data.name", cfg.data.name, list_datasets())
     if cfg.data.channels not in (0, 1, 3):
         raise ConfigError(f"data.channels={cfg.data.channels} is not allowed: use 0 (as stored), 1 or 3")
     _known("sde.name", cfg.sde.name, list_sdes())
     _check_params("sde", cfg.sde.name, SDES.get(cfg.sde.name), cfg.sde.params)
-    for name in ("steps", "batch_size", "log_every", "ckpt_every", "keep_last"):
+    try:  # the constructor checks its own ranges (cheap for every built-in SDE; the learned one
+        # draws its initial weights, so the global RNG is restored afterwards)
+        with torch.random.fork_rng(devices=[]):
+            sde_T = SDES.get(cfg.sde.name)(**cfg.sde.params).T
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"[sde] name={cfg.sde.name!r}: {err}") from None
+    for name in ("steps", "batch_size", "log_every", "ckpt_every", "keep_last", "max_bad_steps"):
         _positive(f"train.{name}", getattr(t, name))
     _known("train.loss", t.loss, LOSSES)
     _known("train.weighting", t.weighting, WEIGHTINGS)
@@ -360,7 +387,8 @@ def validate(cfg: Config) -> Config:
     _known("sample.method", s.method, list_samplers())
     for name in ("steps", "n"):
         _positive(f"sample.{name}", getattr(s, name))
-    _in_range("sample.eps", s.eps, 0.0, 1.0)
+    _in_range("sample.eps", s.eps, MIN_EPS, sde_T)
     _positive("sample.eps", s.eps)
+    _in_range("train.eps", t.eps, 0.0, sde_T)
     _positive("eval.bpd_n", cfg.eval.bpd_n, allow_zero=True)
     return cfg

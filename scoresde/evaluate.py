@@ -19,7 +19,7 @@ import sys
 import torch
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, state_differences
 from .config import ConfigError, config_from_dict, validate
 from .likelihood import TRACES, bits_per_dim, log_likelihood
 
@@ -55,7 +55,11 @@ def load_run(path, split: str, use_ema: bool = True, device="cpu"):
     cfg = validate(config_from_dict(state["config"]))
     dataset = build_dataset(cfg, split)
     model = build_model(cfg, dataset, build_sde(cfg))
-    model.load_state_dict(state["ema"]["module"] if use_ema else state["model"])
+    weights = state["ema"]["module"] if use_ema else state["model"]
+    diffs = state_differences(weights, model.state_dict())
+    if diffs:  # the run's own config builds another network: another scoresde version or an edited file
+        raise CheckpointError(f"{path}: its weights do not fit the model its config builds: " + "; ".join(diffs))
+    model.load_state_dict(weights)
     return cfg, model.to(device).eval(), dataset
 
 

@@ -30,20 +30,26 @@ estimated with K draws of u; (lo, hi) is the data range the model was trained on
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
 from torchdiffeq import odeint
 
-from .sdes.base import SDE, ScoreFn, check_positive_finite, check_steps
+from .sdes.base import (MIN_EPS, SDE, ScoreFn, check_data, check_generator, check_kwargs,
+                        check_positive_finite, check_sde, check_steps, check_tolerance)
 
 TRACES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
-# Exact traces vmap D cotangents over the whole batch at once: B * D * D elements. Above this many
-# the D vector-Jacobian products run in chunks to bound memory.
-_EXACT_TRACE_ELEMENTS = 2 ** 25
+# Exact traces vmap `chunk` of the D cotangents over the whole batch at once (chunk * B * D cotangent
+# elements), chunk = max(1, this // (B * D)), the rest in a loop over the retained graph. Small: a
+# vmapped backward's intermediates are chunk times the model's, and on a CPU they fall out of cache.
+# Measured per exact divergence (1 thread, experiments/bench/likelihood.py's 64-D mixture, B = 1000):
+# all 64 vmapped 990 ms, chunks of 16 1100 ms, of 4 490 ms, one at a time 310 ms (the old budget of
+# 2^25 vmapped all 64); in 2-D (B = 1000) both cotangents stay in one vmap.
+_EXACT_TRACE_ELEMENTS = 2 ** 16
 
 
 class LogLikelihood(NamedTuple):
@@ -77,6 +83,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, eps: float =
     `probes` per sample, drawn from `generator`: unbiased, for high dimensions).
     """
     _check_args(sde, x, eps, rtol, atol, method, trace, probes, n_probes)
+    check_generator(generator)
     ode = _ProbabilityFlow(score_fn, sde)
     _check_model(score_fn, x, eps)
     v = None
@@ -90,7 +97,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, eps: float =
         finite = torch.isfinite(drift.flatten(1)).all(1) & torch.isfinite(div)
         if not bool(finite.all()):
             bad = (~finite).nonzero().flatten().tolist()
-            raise FloatingPointError(f"the probability-flow drift is not finite at t={float(t):.6g} for "
+            raise FloatingPointError(f"the probability-flow drift is not finite at t={min(float(t), sde.T):.6g} for "
                                      f"samples {bad[:10]}: check score_fn (and eps={eps})")
         return drift, div
 
@@ -121,6 +128,19 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, v: torch.Tensor, *, levels: int,
         raise TypeError(f"v must be an integer tensor of levels, shape (batch, ...), got "
                         f"{getattr(v, 'dtype', type(v).__name__)}: pass the quantized data, "
                         f"bits_per_dim dequantizes it")
+    if v.dtype == torch.bool or v.shape[0] == 0 or v.numel() == 0:
+        raise ValueError(f"v must be a non-empty integer tensor of levels, got dtype {v.dtype} and shape {tuple(v.shape)}")
+    if (not isinstance(data_range, (tuple, list)) or len(data_range) != 2
+            or not all(isinstance(a, numbers.Real) and not isinstance(a, bool) for a in data_range)):
+        raise TypeError(f"data_range must be a pair of numbers (lo, hi), got {data_range!r}")
+    if not isinstance(dtype, torch.dtype) or dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype={dtype!r} is not allowed: use torch.float32 or torch.float64")
+    if max(abs(float(a)) for a in data_range) > torch.finfo(dtype).max / 4:
+        raise ValueError(f"data_range={data_range!r} is not allowed with dtype={dtype}: the dequantized data "
+                         f"would overflow it; use dtype=torch.float64 or a smaller range")
+    check_generator(generator)
+    check_kwargs("bits_per_dim (through log_likelihood)", log_likelihood, likelihood_kwargs,
+                 reserved=("score_fn", "sde", "x", "generator"))
     if levels is None:
         raise ValueError("levels=None is not allowed: bits_per_dim is for quantized data; use "
                          "log_likelihood for continuous data")
@@ -149,8 +169,9 @@ def dequantization_log_det(levels: int | None, data_range: tuple[float, float], 
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
         raise ValueError(f"levels={levels!r} is not allowed: it must be an integer >= 2")
     lo, hi = (float(a) for a in data_range)
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-        raise ValueError(f"data_range={data_range!r} is not allowed: it must be (lo, hi) with lo < hi")
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo and math.isfinite(hi - lo)):
+        raise ValueError(f"data_range={data_range!r} is not allowed: it must be (lo, hi) with lo < hi, "
+                         f"both finite and hi - lo finite")
     return num_dims * math.log((hi - lo) / levels)
 
 
@@ -212,9 +233,11 @@ def _draw_probes(kind: str, shape: tuple[int, ...], generator: torch.Generator |
 
 
 def _check_args(sde, x, eps, rtol, atol, method, trace, probes, n_probes) -> None:
+    check_sde(sde)
     if not torch.is_tensor(x) or not torch.is_floating_point(x):
         raise TypeError(f"x must be a floating-point tensor of shape (batch, ...), got "
                         f"{type(x).__name__ if not torch.is_tensor(x) else x.dtype}")
+    check_data("x", x, half=False)
     if x.dim() < 2 or x.shape[0] == 0:
         raise ValueError(f"x must have shape (batch, ...) with a non-empty batch, got {tuple(x.shape)}")
     finite = torch.isfinite(x.flatten(1)).all(1)
@@ -223,10 +246,10 @@ def _check_args(sde, x, eps, rtol, atol, method, trace, probes, n_probes) -> Non
         raise ValueError(f"x has NaN or infinite entries in samples {bad[:10]}"
                          f"{' ...' if len(bad) > 10 else ''}")
     eps = check_positive_finite("eps", eps)
-    if eps >= sde.T:
-        raise ValueError(f"eps={eps!r} is not allowed: it must lie in (0, T={sde.T})")
-    check_positive_finite("rtol", rtol)
-    check_positive_finite("atol", atol)
+    if not MIN_EPS <= eps < sde.T:
+        raise ValueError(f"eps={eps!r} is not allowed: it must lie in [{MIN_EPS:g}, T={sde.T})")
+    check_tolerance("rtol", rtol)
+    check_tolerance("atol", atol)
     if method not in ADAPTIVE_METHODS:
         raise ValueError(f"method={method!r} is not allowed: use an adaptive torchdiffeq solver, "
                          f"one of {ADAPTIVE_METHODS}")

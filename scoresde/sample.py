@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ import torch
 
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from .config import ConfigError, config_from_dict
-from .sampling import ClassifierFreeGuidance, list_samplers, sample
+from .sampling import METHODS, ClassifierFreeGuidance, list_samplers, sample
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,17 +56,37 @@ def load_trainer(path):
     return trainer, ckpt
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Reject values that need no checkpoint to be judged, naming the flag and what is allowed."""
+    if args.n < 1:
+        raise ValueError(f"--n {args.n} is not allowed: it must be a positive number of samples")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps {args.steps} is not allowed: it must be positive (or left out)")
+    if args.guidance_scale is not None:
+        if args.cls is None:
+            raise ValueError("--guidance-scale needs --class K (the class to guide towards)")
+        if not math.isfinite(args.guidance_scale) or args.guidance_scale < 0:
+            raise ValueError(f"--guidance-scale {args.guidance_scale} is not allowed: it must be a finite "
+                             "number >= 0 (0 unconditional, 1 the conditional score, > 1 stronger guidance)")
+
+
 def main(argv=None) -> Path:
     args = parse_args(argv)
     try:
-        options = json.loads(args.options)
+        check_args(args)
+        try:
+            options = json.loads(args.options)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--options is not valid JSON ({e}): {args.options!r}") from None
+        if not isinstance(options, dict):
+            raise ValueError(f"--options must be a JSON object of method options, got {args.options!r}")
+        METHODS.get(args.method)  # an unknown name fails here, before the checkpoint is loaded
         trainer, ckpt = load_trainer(args.checkpoint)
         model, ds = trainer.ema.module.eval(), trainer.dataset
-        if args.guidance_scale is not None and args.cls is None:
-            raise ValueError("--guidance-scale needs --class K")
         if args.cls is not None:
             if not trainer.class_cond:
-                raise ValueError(f"--class {args.cls}: the model in {ckpt} is not class-conditional")
+                raise ValueError(f"--class {args.cls}: the model in {ckpt} is not class-conditional "
+                                 "(leave out --class, or train with model.class_cond=true)")
             if not 0 <= args.cls < ds.num_classes:
                 raise ValueError(f"--class {args.cls} is not allowed: classes are 0..{ds.num_classes - 1}")
         y = None if args.cls is None else torch.full((args.n,), args.cls, dtype=torch.long)
@@ -98,6 +120,17 @@ def main(argv=None) -> Path:
     print(f"wrote {out} and {out.with_suffix('.npz')} ({args.n} samples, {args.method})")
     return out
 
+
+class _CallableModule(types.ModuleType):
+    """`scoresde.sample` names both the sampling function and this CLI module. Importing the module
+    rebinds the package attribute to it, so the module forwards calls: `scoresde.sample(score_fn,
+    sde, ...)` means `scoresde.sampling.sample` whether or not this module was imported."""
+
+    def __call__(self, *args, **kwargs):
+        return sample(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     main()

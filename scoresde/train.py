@@ -10,6 +10,19 @@ order, toy draws and dequantization, on the CPU; noise: t, eps and label dropout
 whose states are checkpointed with the model, EMA, optimizer, scheduler and the global RNGs, so
 `--resume` continues bitwise-exactly on the CPU. The run directory holds config.toml,
 metrics.csv, TensorBoard events (tb/), ckpt_*.pt, samples.png and summary.json.
+
+    torchrun --nproc_per_node=2 -m scoresde.train --config ...     # DistributedDataParallel
+
+Under torchrun the same config trains data-parallel (`scoresde.distributed` says how the global
+batch and the RNG streams are split); checkpoints are the same and resume at any world size.
+
+Crash safety: checkpoints are atomic and checksummed (`scoresde.checkpoint`); a run killed at any
+moment and resumed loses at most the steps since its last checkpoint and then matches an
+uninterrupted run exactly; `--resume RUN_DIR` skips a damaged newest checkpoint with a warning.
+SIGTERM / SIGINT write a checkpoint and exit with 143 / 130. A step with a non-finite loss or
+gradient is skipped (column `skipped` of metrics.csv); train.max_bad_steps consecutive ones stop the
+run with an error naming the step and the last good checkpoint. A checkpoint whose model does not
+fit the config is refused with the differing fields named ("model.ch: checkpoint 32, config 64").
 """
 
 from __future__ import annotations
@@ -20,15 +33,20 @@ import csv
 import inspect
 import json
 import random
+import signal
 import sys
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from . import distributed
+from .checkpoint import CheckpointError, config_differences, latest_checkpoint, list_checkpoints, load_checkpoint, \
+    remove_incomplete, save_checkpoint, set_aside_newer, state_differences
 from .config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, load_config, \
     save_config, validate
 from .data import BatchStream, QuantizedDataset, ToyDataset, center, load_dataset, quantize
@@ -38,14 +56,43 @@ def _config_error(field: str, err: Exception) -> ConfigError:
     return ConfigError(f"{field}: {err}")
 
 
-def select_device(name: str) -> torch.device:
-    """'auto' -> cuda if available, else cpu."""
+def select_device(name: str, world: distributed.World | None = None) -> torch.device:
+    """'auto' -> cuda if available, else cpu; in a distributed run 'auto'/'cuda' mean cuda:LOCAL_RANK."""
+    world = world or distributed.current()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r}: CUDA is not available on this machine (use 'auto' or 'cpu')")
+    if device.type == "cuda" and world.distributed:
+        if device.index is not None:
+            raise ConfigError(f"train.device={name!r}: under torchrun each process uses cuda:LOCAL_RANK; "
+                              "use 'auto' or 'cuda'")
+        device = torch.device("cuda", world.local_rank)
     return device
+
+
+class NonFiniteError(FloatingPointError):
+    """Training stopped: too many consecutive steps with a non-finite loss or gradient."""
+
+
+def _global_rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+            "python": random.getstate()}
+
+
+def _set_global_rng_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    n = rng["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    random.setstate(rng["python"])
 
 
 def seed_everything(seed: int) -> None:
@@ -112,7 +159,15 @@ def loss_options(cfg: Config, loss_fn) -> dict:
 
 
 class Trainer:
-    """Model, EMA, optimizer, scheduler and the data/noise streams of one run; `step()` is one update."""
+    """Model, EMA, optimizer, scheduler and the data/noise streams of one run; `step()` is one update.
+
+    In a torchrun process group (`scoresde.distributed`, whose docstring says how the batch and the
+    RNG streams are split) the model is wrapped in DistributedDataParallel and each rank trains on
+    its rows of the global batch; everything in the checkpoint except the global RNGs is the same
+    on every rank. A step whose loss or gradient is not finite is skipped: no parameter, optimizer
+    or EMA update (the batch, its noise and the learning-rate schedule still advance), counted in
+    `skipped` and `bad_streak` (consecutive skipped steps).
+    """
 
     def __init__(self, cfg: Config, device: torch.device | None = None):
         from .losses import LOSSES
@@ -121,14 +176,33 @@ class Trainer:
         validate(cfg)
         self.cfg = cfg
         t = cfg.train
-        self.device = device if device is not None else select_device(t.device)
+        self.world = distributed.current()
+        try:
+            self.rows = distributed.shard(t.batch_size, self.world)
+        except ValueError as e:
+            raise _config_error("train.batch_size", e) from None
+        self.device = device if device is not None else select_device(t.device, self.world)
         seed_everything(t.seed)
         self.dataset = build_dataset(cfg, "train")
         self.sde = build_sde(cfg)
         self.model = build_model(cfg, self.dataset, self.sde).to(self.device)
-        self.ema = EMA(self.model, t.ema_decay)
+        if self.world.rank > 0:  # rank 0's global RNGs are one process's; others drop out independently
+            seed_everything(distributed.rank_seed(t.seed, self.world.rank))
+        self.ema = EMA(self.model, t.ema_decay)  # every rank keeps its (identical) EMA; rank 0's is saved
+        self.loss_model = self.model
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                          else None)
+            self.loss_model = distributed.ShardedModel(ddp, self.model, *self.rows, t.batch_size)
         self.loss_fn = LOSSES[t.loss]
         self.loss_kwargs = loss_options(cfg, self.loss_fn)
+        if "levels" in inspect.signature(self.loss_fn).parameters:
+            # a bound in bits/dim (vdm) needs the data's quantization; scoresde.data maps it to [-1, 1]
+            self.loss_kwargs.update(levels=getattr(self.dataset, "levels", None), data_range=(-1.0, 1.0))
+        # an SDE with parameters (a learned schedule) is a submodule of the ScoreModel: its parameters
+        # are optimised, averaged by the EMA and checkpointed with the network's
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, foreach=True)
         warmup = t.warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -143,25 +217,56 @@ class Trainer:
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if self.device.type == "cuda" and t.bf16 else contextlib.nullcontext())
         self.step_count = 0
+        self.skipped = 0         # steps skipped for a non-finite loss or gradient, over the run
+        self.bad_streak = 0      # consecutive skipped steps up to now
+        self.last_applied = True
+        self.stop_signal = 0     # set by a signal handler: stop (with a checkpoint) after this step
+        self.stop_agreed = False
 
     def step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimisation step; returns (loss, grad norm) as device tensors (no host sync)."""
+        """One optimisation step; returns (loss, grad norm), the loss the global batch's mean.
+
+        The update is applied only if both are finite (one host sync per step; in a distributed run
+        the decision uses the all-reduced loss and gradients, so every rank makes the same one).
+        """
         x, y = next(self.stream)
         with self.autocast:
-            loss = self.loss_fn(self.model, self.sde, x, y if self.class_cond else None,
-                                generator=self.noise, **self.loss_kwargs)
+            if self.world.distributed:
+                lo, hi = self.rows
+                per_sample = self.loss_fn(self.loss_model, self.sde, x, y if self.class_cond else None,
+                                          generator=self.noise, reduce=False, **self.loss_kwargs)[lo:hi]
+                loss = per_sample.mean()  # DDP averages over ranks: the global batch mean
+            else:
+                loss = self.loss_fn(self.model, self.sde, x, y if self.class_cond else None,
+                                    generator=self.noise, **self.loss_kwargs)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.optimizer.step()
+        if self.world.distributed:
+            both = torch.stack([per_sample.detach().sum().float(),
+                                torch.tensor(float(self.stop_signal > 0), device=loss.device)])
+            distributed.all_reduce_sum(both)
+            loss, self.stop_agreed = both[0] / self.cfg.train.batch_size, bool(both[1] > 0)
+        else:
+            loss, self.stop_agreed = loss.detach(), self.stop_signal > 0
+        self.last_applied = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        if self.last_applied:
+            self.optimizer.step()
+            self.ema.update(self.model)
+            self.bad_streak = 0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            self.bad_streak += 1
         self.scheduler.step()
-        self.ema.update(self.model)
         self.step_count += 1
-        return loss.detach(), grad_norm
+        return loss, grad_norm
 
     # -- checkpoint state ----------------------------------------------------------------------
     def state_dict(self) -> dict:
-        np_state = np.random.get_state()
+        """Everything a resume needs; in a distributed run a collective (every rank must call it):
+        rank 0's state, plus the other ranks' global RNG states under "rng_ranks"."""
+        rng_ranks = distributed.all_gather_objects(_global_rng_state())[1:]
         return {
             "format": "scoresde-train-1",
             "step": self.step_count,
@@ -172,31 +277,46 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "data": self.stream.state_dict(),
             "noise": self.noise.get_state(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                              "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-                    "python": random.getstate()},
+            "rng": _global_rng_state(),
+            "rng_ranks": rng_ranks,
+            "guard": {"skipped": self.skipped, "bad_streak": self.bad_streak},
         }
+
+    def check_compatible(self, state: dict) -> None:
+        """CheckpointError naming what differs (e.g. "model.ch: checkpoint 32, config 64") if the
+        checkpoint's model state does not fit this config's model; a warning if it fits but the
+        data, SDE or model settings differ."""
+        saved = state.get("config", {})
+        diffs = config_differences(saved, config_to_dict(self.cfg))
+        shapes = state_differences(state["model"], self.model.state_dict())
+        if shapes:
+            why = "; ".join(diffs) if diffs else "the network's code changed"
+            raise CheckpointError(f"the checkpoint (step {state.get('step')}) does not fit this config's model: "
+                                  f"{why} (state: {'; '.join(shapes)})")
+        if diffs:
+            warnings.warn(f"resuming with settings that differ from the checkpoint's: {'; '.join(diffs)}",
+                          stacklevel=3)
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != "scoresde-train-1":
             raise CheckpointError(f"not a scoresde training checkpoint (format {state.get('format')!r})")
+        self.check_compatible(state)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.stream.load_state_dict(state["data"])
         self.noise.set_state(state["noise"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        n = rng["numpy"]
-        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                             n["cached_gaussian"]))
-        random.setstate(rng["python"])
         self.step_count = int(state["step"])
+        rank, others = self.world.rank, state.get("rng_ranks", [])
+        if rank == 0:
+            _set_global_rng_state(state["rng"])
+        elif rank - 1 < len(others):
+            _set_global_rng_state(others[rank - 1])
+        else:  # saved at a smaller world size: a fresh stream for this rank, fixed by the step
+            seed_everything(distributed.rank_seed(self.cfg.train.seed, rank, self.step_count))
+        guard = state.get("guard", {})
+        self.skipped, self.bad_streak = int(guard.get("skipped", 0)), int(guard.get("bad_streak", 0))
 
 
 # -- the run: logging, checkpoints, evaluation ----------------------------------------------------
@@ -210,12 +330,20 @@ class RunResult:
 
 
 class MetricsLog:
-    """metrics.csv (appended on resume) and, when available, TensorBoard scalars under tb/."""
+    """metrics.csv (continued on resume) and, when available, TensorBoard scalars under tb/.
 
-    FIELDS = ("step", "loss", "grad_norm", "lr", "steps_per_s", "elapsed_s")
+    `skipped` counts the steps of the row's window whose update was skipped (non-finite loss or
+    gradient); `loss` is the mean over the others. On resume at start_step the rows an interrupted
+    run logged after start_step (steps about to be redone) and a row cut short by a crash are
+    dropped first, so each step appears once.
+    """
 
-    def __init__(self, run_dir: Path, tensorboard: bool):
+    FIELDS = ("step", "loss", "grad_norm", "lr", "skipped", "steps_per_s", "elapsed_s")
+
+    def __init__(self, run_dir: Path, tensorboard: bool, start_step: int = 0):
         path = run_dir / "metrics.csv"
+        if path.exists():
+            self._truncate(path, start_step)
         new = not path.exists()
         self._file = open(path, "a", newline="")
         self._csv = csv.writer(self._file)
@@ -228,6 +356,24 @@ class MetricsLog:
                 self._tb = SummaryWriter(str(run_dir / "tb"))
             except ImportError:
                 print("note: tensorboard is not installed; metrics go to metrics.csv only", file=sys.stderr)
+
+    @classmethod
+    def _truncate(cls, path: Path, start_step: int) -> None:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+
+        def keep(row):
+            try:
+                return None not in row.values() and int(row["step"]) <= start_step
+            except (KeyError, TypeError, ValueError):
+                return False
+
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, cls.FIELDS, restval="", extrasaction="ignore")
+            w.writeheader()
+            w.writerows(r for r in rows if keep(r))
+        tmp.replace(path)
 
     def log(self, row: dict) -> None:
         self._csv.writerow([row[k] for k in self.FIELDS])
@@ -242,49 +388,110 @@ class MetricsLog:
             self._tb.close()
 
 
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer):
+    """While active, SIGTERM and SIGINT ask `trainer` to stop after its current step (train_loop then
+    writes a checkpoint and exits); a second signal aborts at once. Only from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if trainer.stop_signal:
+            raise SystemExit(128 + signum)
+        trainer.stop_signal = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+              "(send it again to stop at once, without one)", file=sys.stderr)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
 def train_loop(trainer: Trainer, run_dir: Path, progress: bool = True) -> float:
-    """Train to cfg.train.steps with logging and checkpoints; returns the seconds spent."""
+    """Train to cfg.train.steps with logging and checkpoints; returns the seconds spent.
+
+    Rank 0 alone writes (metrics every train.log_every steps, a checkpoint every train.ckpt_every
+    steps and at the end); in a distributed run every rank must call this. A crash loses at most
+    the steps since the last checkpoint, and `--resume` redoes them exactly.
+    * SIGTERM / SIGINT: the current step finishes, a checkpoint is written and SystemExit(128 +
+      signal number) is raised (143 for SIGTERM, 130 for SIGINT; the shell's convention, so a job
+      script can tell a stopped run from a finished one); `--resume` continues it exactly.
+    * NonFiniteError after train.max_bad_steps consecutive skipped steps (non-finite loss or
+      gradient), naming the step and the last good checkpoint. While steps are being skipped no
+      periodic checkpoint is written, so keep-last pruning never removes the last good one.
+    """
     from tqdm import tqdm
 
     t = trainer.cfg.train
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(run_dir, t.tensorboard)
+    main = trainer.world.main
+    log, last_good = None, None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = MetricsLog(run_dir, t.tensorboard, trainer.step_count)
+        earlier = [p for s, p in list_checkpoints(run_dir) if s <= trainer.step_count]
+        last_good = earlier[-1] if earlier else None
     start = time.perf_counter()
-    window_start, window_steps = start, 0
+    window_start, window_steps, window_good, window_skipped = start, 0, 0, 0
     loss_sum = torch.zeros((), device=trainer.device)
-    bar = tqdm(total=t.steps, initial=trainer.step_count, disable=not progress, dynamic_ncols=True,
+    bar = tqdm(total=t.steps, initial=trainer.step_count, disable=not (progress and main), dynamic_ncols=True,
                desc=trainer.cfg.name, unit="step")
+
+    def checkpoint():
+        state = trainer.state_dict()  # a collective in a distributed run
+        return save_checkpoint(state, run_dir, trainer.step_count, t.keep_last) if main else None
+
     try:
-        while trainer.step_count < t.steps:
-            loss, grad_norm = trainer.step()
-            loss_sum += loss
-            window_steps += 1
-            step = trainer.step_count
-            if step % t.log_every == 0 or step == t.steps:
-                now = time.perf_counter()
-                mean_loss = float(loss_sum) / window_steps  # the only host sync, every log_every steps
-                if not np.isfinite(mean_loss):
-                    raise FloatingPointError(f"the loss became {mean_loss} at step {step}; lower train.lr "
-                                             f"(now {t.lr}) or train.grad_clip (now {t.grad_clip})")
-                rate = window_steps / (now - window_start)
-                log.log({"step": step, "loss": mean_loss, "grad_norm": float(grad_norm),
-                         "lr": trainer.scheduler.get_last_lr()[0], "steps_per_s": rate,
-                         "elapsed_s": now - start})
-                bar.set_postfix(loss=f"{mean_loss:.4f}", steps_per_s=f"{rate:.1f}")
-                bar.update(window_steps)
-                loss_sum.zero_()
-                window_start, window_steps = now, 0
-            if step % t.ckpt_every == 0 or step == t.steps:
-                save_checkpoint(trainer.state_dict(), run_dir, step, t.keep_last)
-    except KeyboardInterrupt:
-        path = save_checkpoint(trainer.state_dict(), run_dir, trainer.step_count, t.keep_last)
+        with stop_on_signals(trainer):
+            while trainer.step_count < t.steps:
+                loss, grad_norm = trainer.step()
+                step = trainer.step_count
+                window_steps += 1
+                if trainer.last_applied:
+                    loss_sum += loss
+                    window_good += 1
+                else:
+                    window_skipped += 1
+                if step % t.log_every == 0 or step == t.steps:
+                    now = time.perf_counter()
+                    mean_loss = float(loss_sum) / window_good if window_good else float("nan")
+                    rate = window_steps / (now - window_start)
+                    if main:
+                        log.log({"step": step, "loss": mean_loss, "grad_norm": float(grad_norm),
+                                 "lr": trainer.scheduler.get_last_lr()[0], "skipped": window_skipped,
+                                 "steps_per_s": rate, "elapsed_s": now - start})
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", steps_per_s=f"{rate:.1f}", skipped=trainer.skipped)
+                    bar.update(window_steps)
+                    loss_sum.zero_()
+                    window_start, window_steps, window_good, window_skipped = now, 0, 0, 0
+                if trainer.bad_streak >= t.max_bad_steps:
+                    n = trainer.bad_streak
+                    where = (f"the last good checkpoint is {last_good}; resume from it with a lower train.lr "
+                             f"(now {t.lr}) or train.grad_clip (now {t.grad_clip})" if last_good is not None
+                             else "no checkpoint was written before them")
+                    raise NonFiniteError(f"training stopped at step {step}: the last {n} steps "
+                                         f"(train.max_bad_steps={t.max_bad_steps}) had a non-finite loss or "
+                                         f"gradient and were skipped; {where}")
+                saved = None
+                if (step % t.ckpt_every == 0 and trainer.bad_streak == 0) or step == t.steps:
+                    saved = checkpoint()
+                    if trainer.bad_streak == 0:
+                        last_good = saved
+                if trainer.stop_agreed:
+                    saved = saved or checkpoint()
+                    distributed.barrier()  # no rank exits while rank 0 still writes
+                    signum = trainer.stop_signal or signal.SIGTERM
+                    if main:
+                        print(f"stopped at step {step} ({signal.Signals(signum).name}); saved {saved}; continue "
+                              f"with: python -m scoresde.train --resume {run_dir}", file=sys.stderr)
+                    raise SystemExit(128 + signum)
+    finally:
         bar.close()
-        log.close()
-        print(f"\ninterrupted at step {trainer.step_count}; saved {path}; "
-              f"continue with: python -m scoresde.train --resume {run_dir}", file=sys.stderr)
-        raise SystemExit(130) from None
-    bar.close()
-    log.close()
+        if log is not None:
+            log.close()
     return time.perf_counter() - start
 
 
@@ -294,9 +501,10 @@ def generate(trainer: Trainer, n: int, y: torch.Tensor | None = None) -> torch.T
 
     s = trainer.cfg.sample
     gen = torch.Generator(trainer.device).manual_seed(s.seed)
-    x_T = trainer.sde.prior_sampling((n, *trainer.dataset.event_shape), generator=gen, device=trainer.device)
+    sde = trainer.ema.module.sde  # the EMA's copy: a learned schedule is averaged with the network
+    x_T = sde.prior_sampling((n, *trainer.dataset.event_shape), generator=gen, device=trainer.device)
     with torch.no_grad():
-        return sample(trainer.ema.module.score_fn(y), trainer.sde, method=s.method, steps=s.steps, eps=s.eps,
+        return sample(trainer.ema.module.score_fn(y), sde, method=s.method, steps=s.steps, eps=s.eps,
                       x_T=x_T, generator=gen)
 
 
@@ -402,23 +610,32 @@ def test_bits_per_dim(trainer: Trainer, n: int) -> float | None:
     v = ds.values[:n]
     x = dequantize(v, ds.levels, generator=torch.Generator().manual_seed(0)).to(trainer.device)
     dims = v[0].numel()
-    out = log_likelihood(trainer.ema.module.score_fn(), trainer.sde, x,
+    out = log_likelihood(trainer.ema.module.score_fn(), trainer.ema.module.sde, x,
                          trace="exact" if dims <= 64 else "hutchinson",
                          generator=torch.Generator(trainer.device).manual_seed(0))
     return float(bits_per_dim(out.log_p.double().cpu(), ds.levels, dims).mean())
 
 
-def run(cfg: Config, run_dir: Path, resume: dict | None = None, progress: bool = True) -> RunResult:
-    """Train (or continue) the run in run_dir, then evaluate; returns the numbers and the summary."""
+def run(cfg: Config, run_dir: Path, resume: dict | None = None, progress: bool = True) -> RunResult | None:
+    """Train (or continue) the run in run_dir, then evaluate; returns the numbers and the summary.
+    In a distributed run rank 0 evaluates and writes; the other ranks return None after training."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     trainer = Trainer(cfg)
     if resume is not None:
         trainer.load_state_dict(resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.toml")
+    if trainer.world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for p in remove_incomplete(run_dir):
+            print(f"note: removed {p.name}, left by an interrupted checkpoint write", file=sys.stderr)
+        for p in set_aside_newer(run_dir, trainer.step_count):
+            print(f"note: moved {p.name} to {p.parent}: this run continues from step {trainer.step_count}",
+                  file=sys.stderr)
+        save_config(cfg, run_dir / "config.toml")
     first = trainer.step_count
     seconds = train_loop(trainer, run_dir, progress)
+    if not trainer.world.main:
+        return None
     metrics, parts = evaluate(trainer, run_dir)
     done = trainer.step_count - first
     head = (f"{cfg.name} [{cfg.data.name}, {cfg.model.name}, {cfg.sde.name}] step {trainer.step_count}: "
@@ -439,11 +656,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key.field=value",
                    help="config overrides, e.g. train.steps=2000 model.hidden=128")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come before and after options
 
 
 def prepare(args: argparse.Namespace) -> tuple[Config, Path, dict | None]:
-    """Resolve the config, the run directory and the checkpoint to resume from."""
+    """Resolve the config, the run directory and the checkpoint to resume from.
+
+    `--resume DIR` takes the newest checkpoint in DIR whose checksum verifies; a corrupted or
+    truncated newer one is skipped with a warning naming it (`checkpoint.load_latest`).
+    """
     if args.resume:
         if args.config:
             raise ConfigError("--resume continues with the run's saved config; give overrides, not --config")
@@ -463,14 +684,19 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path, dict | None]:
     return cfg, run_dir, None
 
 
-def main(argv=None) -> RunResult:
+def main(argv=None) -> RunResult | None:
+    """The CLI; under torchrun every process runs it (scoresde.distributed) and rank 0 prints the summary."""
     args = parse_args(argv)
     try:
         cfg, run_dir, state = prepare(args)
-        result = run(cfg, run_dir, state, progress=not args.no_progress)
-    except (ConfigError, CheckpointError) as e:
+        use_cuda = select_device(cfg.train.device, distributed.World()).type == "cuda"
+        with distributed.process_group(use_cuda) as world:
+            run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's time stamp
+            result = run(cfg, run_dir, state, progress=not args.no_progress and world.main)
+    except (ConfigError, CheckpointError, NonFiniteError) as e:
         raise SystemExit(f"error: {e}") from None
-    print(result.summary)
+    if result is not None:
+        print(result.summary)
     return result
 
 

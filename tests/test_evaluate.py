@@ -37,3 +37,17 @@ def test_missing_checkpoint_is_reported(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(tmp_path), "--no-progress"])
     assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_weights_that_do_not_fit_the_config_are_named(tmp_path, capsys):
+    """A checkpoint whose weights another network produced (here: the config says 32 hidden units,
+    the weights have 16) fails with the tensor names and both shapes, not a load_state_dict traceback."""
+    trainer = Trainer(load_config(None, ["train.steps=1", "model.hidden=16"]))
+    state = trainer.state_dict()
+    state["config"]["model"]["hidden"] = 32
+    save_checkpoint(state, tmp_path, 0)
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert "do not fit" in err and "checkpoint (16" in err and "model (32" in err
+    assert "Traceback" not in err

@@ -180,3 +180,50 @@ def test_bad_arguments():
         vdm_loss(ExactEps(sde, 0.0, 1.0), sde, x, levels=1)
     with pytest.raises(ValueError, match="x0"):
         vdm_loss(ExactEps(sde, 0.0, 1.0), sde, torch.zeros(4, dtype=torch.long), levels=None)
+
+
+# -- through the trainer: sde "learned" + loss "vdm" ----------------------------------------------
+VDM_DIGITS = ["data.name=digits", "sde.name=learned", "sde.n_features=16", "train.loss=vdm",
+              "model.name=unet", "model.ch=8", "model.ch_mult=[1]", "model.num_res_blocks=1",
+              "model.attn_resolutions=[]", "model.dropout=0.0", "train.batch_size=16", "train.steps=6",
+              "train.ckpt_every=3", "train.keep_last=10", "train.log_every=3", "train.tensorboard=false",
+              "train.warmup=1", "train.lr=1e-2", "train.ema_decay=0.5"]
+
+
+def test_trainer_learns_the_schedule_jointly_and_resumes_it(tmp_path):
+    from scoresde.config import load_config
+    from scoresde.evaluate import load_run
+    from scoresde.train import Trainer, parse_args, prepare, train_loop
+
+    cfg = load_config(None, VDM_DIGITS)
+    full = Trainer(cfg)
+    # the bound is in bits/dim of the 17-level digits, on the [-1, 1] scaling the model trains on
+    assert full.loss_kwargs["levels"] == 17 and full.loss_kwargs["data_range"] == (-1.0, 1.0)
+    sde_params = {id(p) for p in full.sde.parameters()}
+    in_optimizer = {id(p) for group in full.optimizer.param_groups for p in group["params"]}
+    assert sde_params and sde_params <= in_optimizer
+    start = {k: v.clone() for k, v in full.sde.state_dict().items()}
+    train_loop(full, tmp_path / "full", progress=False)
+
+    raw, ema = full.model.sde, full.ema.module.sde
+    assert raw is full.sde and ema is not raw
+    assert any(not torch.equal(start[k], v) for k, v in raw.state_dict().items()), "gamma did not train"
+    # EMA with decay 1/2 over 6 updates: theta_ema = 2^-6 theta_0 + sum_j 2^-(7-j) theta_j differs from theta_6
+    assert any(not torch.equal(ema.state_dict()[k], v) for k, v in raw.state_dict().items())
+    for sde in (raw, ema):
+        check_schedule(sde)  # strictly increasing gamma, alpha^2 + sigma^2 = 1 after training
+
+    # resume from step 3 == the uninterrupted run, gamma included (raw and EMA), bitwise on the CPU
+    cfg2, _, state = prepare(parse_args(["--resume", str(tmp_path / "full" / "ckpt_00000003.pt")]))
+    resumed = Trainer(cfg2)
+    resumed.load_state_dict(state)
+    assert resumed.step_count == 3
+    train_loop(resumed, tmp_path / "resumed", progress=False)
+    for a, b in ((resumed.model.sde, raw), (resumed.ema.module.sde, ema)):
+        for k, v in a.state_dict().items():
+            assert torch.equal(v, b.state_dict()[k]), k
+
+    # evaluation loads the EMA schedule with the EMA network
+    _, model, _ = load_run(tmp_path / "full", "test")
+    with torch.no_grad():
+        assert torch.equal(model.sde.gamma(GRID.float()), ema.gamma(GRID.float()))

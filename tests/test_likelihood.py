@@ -248,3 +248,14 @@ def test_bad_input_is_reported():
         bits_per_dim(score, sde, v, levels=17, data_range=(1.0, 1.0))
     with pytest.raises(ValueError, match="levels"):
         bits_per_dim(score, sde, v, levels=1)
+
+
+def test_data_of_the_wrong_shape_for_a_trained_network_is_reported():
+    """A network built for 2-D data, given 3-D or image-shaped data: one clear error, before any solve."""
+    from scoresde.models import ScoreModel
+    from scoresde.models.mlp import ScoreMLP
+
+    model = ScoreModel(ScoreMLP(dim=2, hidden=16, depth=1), VPSDE())
+    for shape in ((4, 3), (4, 1, 2)):
+        with pytest.raises(ValueError, match=r"cannot take x of shape .*expect another data shape"):
+            log_likelihood(model.score_fn(), model.sde, torch.zeros(shape))

@@ -12,9 +12,11 @@ import pytest
 import torch
 from torch import nn
 
+from scoresde.analytic import gaussian_score_fn
 from scoresde.models import (EMA, PARAMETRIZATIONS, ClassifierModel, GaussianFourierProjection, ScoreMLP,
                              ScoreModel, SinusoidalEmbedding, UNet, build_classifier, build_model, convert)
 from scoresde.sdes import VESDE, VPSDE, CosineVPSDE, SubVPSDE
+from oracles import ScoreAsNet
 
 SDES = [VPSDE(), VESDE(), CosineVPSDE(), SubVPSDE()]
 
@@ -47,43 +49,11 @@ def test_tweedie_relation_x0_from_score():
     torch.testing.assert_close(x0, (x + sigma[:, None] ** 2 * truth["score"]) / alpha[:, None])
 
 
-def edm_F(x0, x, a, sg, sigma_data):
-    """The raw output F of an x0-model: EDM's D = c_skip x~ + c_out F (Karras et al. 2022, Table 1) in the
-    VE variables x~ = x / alpha, s = sigma / alpha: c_skip = sd^2/(s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2)."""
-    s = sg / a
-    c_skip = sigma_data ** 2 / (s ** 2 + sigma_data ** 2)
-    c_out = s * sigma_data / torch.sqrt(s ** 2 + sigma_data ** 2)
-    return (x0 - c_skip * x / a) / c_out
-
-
-class GaussianOracle(nn.Module):
-    """A raw net that outputs the exact E[target | x_t] for data N(m, s^2 I), in any parametrization.
-
-    It sees only what ScoreModel gives a network: c_in x_t and c_noise = -log_snr / 4; it recovers t and
-    x_t from those, so it also checks the wrapper's preconditioning.
-    """
-
-    def __init__(self, sde, parametrization, m, s, sigma_data=0.5):
-        super().__init__()
-        self.sde, self.parametrization, self.m, self.s, self.sigma_data = sde, parametrization, m, s, sigma_data
-
-    def forward(self, x_in, c_noise, y=None):
-        t = self.sde.t_of_log_snr(-4 * c_noise)
-        a, sg = self.sde.alpha(t)[:, None], self.sde.sigma(t)[:, None]
-        x = x_in * torch.sqrt(a ** 2 * self.sigma_data ** 2 + sg ** 2)
-        x0 = self.m + a * self.s ** 2 * (x - a * self.m) / (a ** 2 * self.s ** 2 + sg ** 2)
-        eps = (x - a * x0) / sg
-        out = {"eps": eps, "x0": edm_F(x0, x, a, sg, self.sigma_data),
-               "score": -eps,  # the wrapper divides a score net's output by sigma
-               "v": (a * eps - sg * x0) / torch.sqrt(a ** 2 + sg ** 2)}
-        return out[self.parametrization]
-
-
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
 @pytest.mark.parametrize("parametrization", PARAMETRIZATIONS)
 def test_every_parametrization_gives_the_exact_gaussian_score(sde, parametrization):
     m, s = 0.3, 0.7
-    model = ScoreModel(GaussianOracle(sde, parametrization, m, s), sde, parametrization)
+    model = ScoreModel(ScoreAsNet(sde, parametrization, gaussian_score_fn(sde, m, s)), sde, parametrization)
     g = torch.Generator().manual_seed(2)
     t = torch.rand(64, generator=g, dtype=torch.float64) * (sde.T - 1e-3) + 1e-3
     x = torch.randn(64, 3, generator=g, dtype=torch.float64) * 3

@@ -88,7 +88,15 @@ CASES = [
     ("dpmpp_2m", 50, {}),
     ("dpmpp_3m", 30, {}),
     ("dpmpp_3m", 30, {"schedule": "karras"}),
+    ("unipc", 30, {}),
+    ("unipc", 30, {"order": 2, "schedule": "karras", "lower_order_final": True}),
 ]
+
+
+def test_every_builtin_method_has_a_distribution_check():
+    """A sampler added to the registry's builtins must be added to CASES too."""
+    builtin = {name for name in METHODS.names() if METHODS.get(name).__module__.startswith("scoresde.")}
+    assert builtin <= {method for method, _, _ in CASES}, builtin - {method for method, _, _ in CASES}
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
@@ -149,7 +157,7 @@ def test_same_generator_same_samples_and_shared_x_T():
 
 
 @pytest.mark.parametrize("method,options", [("ddim", {}), ("dpmpp_3m", {}), ("ode", {"solver": "rk4"}),
-                                            ("euler_maruyama", {})])
+                                            ("euler_maruyama", {}), ("unipc", {})])
 def test_result_does_not_depend_on_batch_mates(method, options):
     """Deterministic solvers (and stochastic ones given the same noise) act on each sample alone."""
     sde = SDES["ve"]
@@ -166,7 +174,7 @@ def test_result_does_not_depend_on_batch_mates(method, options):
 
 
 @pytest.mark.parametrize("method,options,nfe", [
-    ("ddim", {}, 10 + 1), ("dpmpp_2m", {}, 10 + 1), ("euler_maruyama", {}, 10 + 1),
+    ("ddim", {}, 10 + 1), ("dpmpp_2m", {}, 10 + 1), ("euler_maruyama", {}, 10 + 1), ("unipc", {}, 10 + 1),
     ("ode", {"solver": "rk4"}, 4 * 10 + 1), ("ode", {"solver": "midpoint"}, 2 * 10 + 1),
     ("pc", {"n_corrector": 2}, 3 * 10 + 1), ("annealed_langevin", {"n_steps_each": 3}, 3 * 10 + 1),
 ])

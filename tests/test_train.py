@@ -11,9 +11,9 @@ import shutil
 import pytest
 import torch
 
-from scoresde.checkpoint import list_checkpoints, load_checkpoint
+from scoresde.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from scoresde.config import ConfigError, config_to_dict, load_config
-from scoresde.train import Trainer, main, parse_args, prepare, train_loop
+from scoresde.train import NonFiniteError, Trainer, main, parse_args, prepare, train_loop
 
 TOY = ["model.hidden=32", "model.depth=2", "model.embed_dim=16", "train.batch_size=64", "train.steps=24",
        "train.ckpt_every=8", "train.keep_last=10", "train.log_every=4", "train.tensorboard=false",
@@ -132,3 +132,80 @@ def test_default_run_matches_heldout_data(tmp_path):
     assert m["sw2"] < 1.5 * m["sw2_floor"], m
     assert m["mmd"] < max(m["mmd_floor_draws"]) + 2e-3, m
     shutil.rmtree(tmp_path / "run")
+
+
+# -- numerical guards ------------------------------------------------------------------------------
+def poison(trainer: Trainer, loss_steps=(), grad_steps=()):
+    """Make the loss non-finite at the (1-based) steps loss_steps, and one gradient at grad_steps."""
+    real, param = trainer.loss_fn, next(trainer.model.parameters())
+
+    def loss_fn(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        step = trainer.step_count + 1
+        if step in grad_steps:
+            param.register_hook(lambda g: g * float("inf") if trainer.step_count + 1 == step else g)
+        return loss * float("nan") if step in loss_steps else loss
+
+    trainer.loss_fn = loss_fn
+
+
+def test_non_finite_steps_are_skipped_and_counted():
+    tr = Trainer(load_config(None, TOY + ["train.max_bad_steps=3"]))
+    poison(tr, loss_steps={5}, grad_steps={6})
+    snapshots = {}
+    while tr.step_count < 7:
+        tr.step()
+        state = _flat({"model": tr.model.state_dict(), "ema": tr.ema.state_dict(), "opt": tr.optimizer.state_dict()})
+        snapshots[tr.step_count] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+        assert tr.last_applied == (tr.step_count not in (5, 6))
+    # steps 5 (NaN loss) and 6 (infinite gradient) changed no parameter, EMA or optimizer state (the
+    # learning rate in opt.param_groups follows the schedule, which advances with every step)
+    for k, v in snapshots[4].items():
+        if k != "opt.param_groups":
+            same = torch.equal if torch.is_tensor(v) else (lambda a, b: a == b)
+            assert same(snapshots[5][k], v) and same(snapshots[6][k], v), k
+    assert not torch.equal(snapshots[7]["model.net.out.weight"], snapshots[6]["model.net.out.weight"])
+    assert tr.skipped == 2 and tr.bad_streak == 0 and tr.scheduler.last_epoch == 7
+
+
+def test_skipped_steps_in_the_metrics_log(tmp_path):
+    tr = Trainer(load_config(None, TOY + ["train.max_bad_steps=3"]))
+    poison(tr, loss_steps={5, 7})
+    train_loop(tr, tmp_path, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["skipped"]) for r in rows] == [0, 2, 0, 0, 0, 0]
+    assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
+
+
+def test_too_many_bad_steps_stop_naming_the_step_and_last_good_checkpoint(tmp_path):
+    args = ["--run-dir", str(tmp_path), "--no-progress", *TOY, "train.ckpt_every=4", "train.max_bad_steps=3"]
+    cfg, run_dir, _ = prepare(parse_args(args))
+    tr = Trainer(cfg)
+    poison(tr, loss_steps=set(range(10, 25)))
+    with pytest.raises(NonFiniteError, match=r"stopped at step 12: the last 3 steps \(train.max_bad_steps=3\) "
+                                             r"had a non-finite loss.*last good checkpoint is .*ckpt_00000008\.pt"):
+        train_loop(tr, run_dir, progress=False)
+    # no checkpoint was written during the bad steps (step 12 would have been one)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 8]
+    with pytest.raises(ConfigError, match="train.max_bad_steps=0 is not allowed"):
+        load_config(None, ["train.max_bad_steps=0"])
+
+
+# -- checkpoint compatibility ------------------------------------------------------------------------
+def test_incompatible_checkpoint_names_what_differs(tmp_path):
+    main(["--run-dir", str(tmp_path), "--no-progress", *TOY, "train.steps=8", "sample.steps=5", "sample.n=50"])
+    with pytest.raises(SystemExit, match=r"does not fit this config's model: model.hidden: checkpoint 32, "
+                                         r"config 64 \(state: .*checkpoint \(32, .*\), model \(64,"):
+        main(["--resume", str(tmp_path), "--no-progress", "model.hidden=64", "train.steps=12"])
+    with pytest.raises(SystemExit, match=r"model.depth: checkpoint 2, config 3 .* is missing from the checkpoint"):
+        main(["--resume", str(tmp_path), "--no-progress", "model.depth=3", "train.steps=12"])
+    # same config, but the network's code changed since (what `python -m scoresde.sample` would meet)
+    state = load_checkpoint(tmp_path)
+    state["model"]["net.extra.weight"] = state["model"].pop("net.out.weight")
+    with pytest.raises(CheckpointError, match=r"the network's code changed \(state: net.out.weight is missing "
+                                              r"from the checkpoint; net.extra.weight is in the checkpoint"):
+        Trainer(load_config(None, [*TOY, "train.steps=8", "sample.steps=5", "sample.n=50"])).load_state_dict(state)
+    # a setting that keeps the state's shapes is allowed, with a warning naming it
+    with pytest.warns(UserWarning, match=r"sde.beta_max: checkpoint 20.0, config 10"):
+        main(["--resume", str(tmp_path), "--no-progress", "sde.beta_max=10", "train.steps=10",
+              "sample.steps=5", "sample.n=50"])

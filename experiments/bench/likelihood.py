@@ -7,16 +7,22 @@ probe per sample drawn before the solve. Here both run on the same exact score o
 
   song-hutch   score_sde's approach as written (RK45, batch RMS error norm, Hutchinson)
   song-exact   the same integrator with our exact divergence (isolates the solver)
-  ours-exact   scoresde.log_likelihood(trace="exact"), dopri5 with the per-sample error norm
+  ours-exact   scoresde.log_likelihood(trace="exact"), per-sample error norm
   ours-hutch   scoresde.log_likelihood(trace="hutchinson"), one fixed Rademacher probe
 
-Errors are per-sample |log p - reference| in nats; the reference is scipy's DOP853 at
-rtol = atol = 1e-10 in float64 with the mixture's divergence in closed form
-(div score = sum_k r_k (||a_k||^2 - D/v_k) - ||score||^2, a_k = (alpha mu_k - x)/v_k).
+Song's two run at --song-tols; ours with dopri5 (the same 5(4) pair as RK45) at each of --tols, and
+with the lower-order bosh3 (3(2)) and fehlberg2 (2(1)) at each of --low-order-tols (the sweep). Errors are per-sample
+|log p - reference| in nats; the reference is scipy's DOP853 at rtol = atol = 1e-10 in float64 with
+the mixture's divergence in closed form (div score = sum_k r_k (||a_k||^2 - D/v_k) - ||score||^2,
+a_k = (alpha mu_k - x)/v_k). Wall time is the median of --repeats runs, the contenders interleaved
+(run r of every contender before run r + 1 of any), with --threads torch threads (default 1).
 
-    .venv/bin/python experiments/bench/likelihood.py [--n 1000] [--dims 2 64] [--tols 1e-5]
+The matched-accuracy table pairs each song-* run with the fastest ours-* run whose mean and max
+error are both at most the song-* run's ("equal or better accuracy"), and gives the ratio of medians.
+It also times one exact divergence with all D cotangents in one vmap (the previous scheme) and with
+the current chunking (scoresde.likelihood._EXACT_TRACE_ELEMENTS).
 
-Wall time is the best of --repeats runs with --threads torch threads (default 1).
+    .venv/bin/python experiments/bench/likelihood.py [--n 1000] [--dims 2 64] [--tols 1e-1 1e-2 1e-3 1e-4 1e-5]
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ def scipy_flat(x: torch.Tensor, sde, rhs_torch, method: str, tol: float):
     return sde.prior_logp(z) + torch.from_numpy(sol.y[B * D:, -1]), nfe
 
 
-def run(dim: int, n: int, tols: list[float], repeats: int) -> list[dict]:
+def run(dim: int, n: int, tols: list[float], low_order_tols: list[float], song_tols: list[float], repeats: int):
     sde, gm = VPSDE(), make_mixture(dim)
     x, _ = gm.sample(n, torch.Generator().manual_seed(0))
     score32 = gm.score_fn(sde)
@@ -91,30 +97,67 @@ def run(dim: int, n: int, tols: list[float], repeats: int) -> list[dict]:
             return flow.drift_and_divergence(xt.float(), t.float(), probes)
         return rhs
 
-    rows = []
-    for tol in tols:
-        contenders = {
-            "song-hutch": lambda: scipy_flat(x, sde, song_rhs(probe), "RK45", tol),
-            "song-exact": lambda: scipy_flat(x, sde, song_rhs(None), "RK45", tol),
-            "ours-exact": lambda: _ours(score32, sde, x, tol, "exact"),
-            "ours-hutch": lambda: _ours(score32, sde, x, tol, "hutchinson"),
-        }
-        for name, fn in contenders.items():
-            wall = float("inf")
-            for _ in range(repeats):
+    contenders = [(name, tol, fn) for tol in song_tols for name, fn in (
+        ("song-hutch", lambda tol=tol: scipy_flat(x, sde, song_rhs(probe), "RK45", tol)),
+        ("song-exact", lambda tol=tol: scipy_flat(x, sde, song_rhs(None), "RK45", tol)))]
+    sweep = [("dopri5", tol) for tol in tols] + [(m, tol) for m in ("bosh3", "fehlberg2") for tol in low_order_tols]
+    contenders += [(f"{name} {method}", tol, fn) for method, tol in sweep for name, fn in (
+        ("ours-exact", lambda tol=tol, method=method: _ours(score32, sde, x, tol, "exact", method)),
+        ("ours-hutch", lambda tol=tol, method=method: _ours(score32, sde, x, tol, "hutchinson", method)))]
+    walls = {(name, tol): [] for name, tol, _ in contenders}
+    rows = {}
+    for r in range(repeats):
+        for name, tol, fn in contenders:
+            t0 = time.perf_counter()
+            logp, nfe = fn()
+            walls[name, tol].append(time.perf_counter() - t0)
+            if r == 0:
+                err = (logp.double() - ref).abs()
+                rows[name, tol] = {"D": dim, "method": name, "tol": tol, "mean_err": err.mean().item(),
+                                   "max_err": err.max().item(), "nfe": nfe}
+            print(f"  [{r + 1}/{repeats}] {name:20s} tol={tol:.0e}  mean|err| {rows[name, tol]['mean_err']:.2e}  "
+                  f"max|err| {rows[name, tol]['max_err']:.2e}  NFE {rows[name, tol]['nfe']:4d}  "
+                  f"{walls[name, tol][-1]:6.2f} s", flush=True)
+    for key, row in rows.items():
+        row["wall_s"] = float(np.median(walls[key]))
+    rows = list(rows.values())
+    return rows, divergence_timing(flow, x, dim)
+
+
+def divergence_timing(flow, x, dim, reps: int = 5) -> dict:
+    """Median seconds of one exact divergence at t = 0.5: all D cotangents in one vmap, and as chunked now."""
+    import scoresde.likelihood as lik
+
+    x32, t = x.float(), torch.full((x.shape[0],), 0.5)
+    out = {}
+    for label, budget in (("one vmap", x.shape[0] * dim * dim), ("chunked", lik._EXACT_TRACE_ELEMENTS)):
+        saved, lik._EXACT_TRACE_ELEMENTS = lik._EXACT_TRACE_ELEMENTS, budget
+        try:
+            ts = []
+            for _ in range(reps):
                 t0 = time.perf_counter()
-                logp, nfe = fn()
-                wall = min(wall, time.perf_counter() - t0)
-            err = (logp.double() - ref).abs()
-            rows.append({"D": dim, "method": name, "tol": tol, "mean_err": err.mean().item(),
-                         "max_err": err.max().item(), "nfe": nfe, "wall_s": wall})
-            print(f"  {name:10s} tol={tol:.0e}  mean|err| {rows[-1]['mean_err']:.2e}  "
-                  f"max|err| {rows[-1]['max_err']:.2e}  NFE {nfe:4d}  {wall:6.2f} s", flush=True)
-    return rows
+                flow.drift_and_divergence(x32, t, None)
+                ts.append(time.perf_counter() - t0)
+        finally:
+            lik._EXACT_TRACE_ELEMENTS = saved
+        out[label] = float(np.median(ts))
+    print(f"  exact divergence D={dim}: one vmap {out['one vmap'] * 1e3:.1f} ms, chunked "
+          f"{out['chunked'] * 1e3:.1f} ms (median of {reps})", flush=True)
+    return out
 
 
-def _ours(score_fn, sde, x, tol, trace):
-    res = log_likelihood(score_fn, sde, x.float(), rtol=tol, atol=tol, trace=trace,
+def matched(rows: list[dict]) -> list[tuple[dict, dict | None]]:
+    """Each song-* row with the fastest ours-* row of the same D at equal or better mean and max error."""
+    out = []
+    for base in (r for r in rows if r["method"].startswith("song")):
+        ok = [r for r in rows if r["method"].startswith("ours") and r["D"] == base["D"]
+              and r["mean_err"] <= base["mean_err"] and r["max_err"] <= base["max_err"]]
+        out.append((base, min(ok, key=lambda r: r["wall_s"]) if ok else None))
+    return out
+
+
+def _ours(score_fn, sde, x, tol, trace, method="dopri5"):
+    res = log_likelihood(score_fn, sde, x.float(), rtol=tol, atol=tol, trace=trace, method=method,
                          generator=torch.Generator().manual_seed(1))
     return res.log_p, res.nfe
 
@@ -123,20 +166,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 64])
-    parser.add_argument("--tols", type=float, nargs="+", default=[1e-5])
-    parser.add_argument("--repeats", type=int, default=2, help="wall time: best of this many runs")
+    parser.add_argument("--tols", type=float, nargs="+", default=[1e-1, 1e-2, 1e-3, 1e-4, 1e-5],
+                        help="rtol = atol of ours with dopri5 (the sweep)")
+    parser.add_argument("--low-order-tols", type=float, nargs="+", default=[1e-1, 1e-2],
+                        help="rtol = atol of ours with bosh3 and fehlberg2")
+    parser.add_argument("--song-tols", type=float, nargs="+", default=[1e-5],
+                        help="rtol = atol of Song et al.'s scheme (theirs: 1e-5)")
+    parser.add_argument("--repeats", type=int, default=3, help="wall time: median of this many runs")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine 2 threads ran 10x slower)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = []
+    rows, timings = [], {}
     for dim in args.dims:
-        rows += run(dim, args.n, args.tols, args.repeats)
-    print("\n| D | method | tol | mean abs err (nats) | max abs err (nats) | NFE | wall (s) |")
+        r, timings[dim] = run(dim, args.n, args.tols, args.low_order_tols, args.song_tols, args.repeats)
+        rows += r
+    print("\n| D | method | tol | mean abs err (nats) | max abs err (nats) | NFE | wall (s, median) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['D']} | {r['method']} | {r['tol']:.0e} | {r['mean_err']:.2e} | {r['max_err']:.2e} | "
               f"{r['nfe']} | {r['wall_s']:.2f} |")
+    print("\n| D | Song et al.'s scheme | its wall (s) | fastest ours at equal or better mean and max error "
+          "| its wall (s) | speed-up |")
+    print("|---|---|---|---|---|---|")
+    for base, best in matched(rows):
+        ours = (f"{best['method']} tol {best['tol']:.0e} | {best['wall_s']:.2f} | "
+                f"{base['wall_s'] / best['wall_s']:.1f}x") if best else "none in the sweep | | "
+        print(f"| {base['D']} | {base['method']} tol {base['tol']:.0e} | {base['wall_s']:.2f} | {ours} |")
+    print("\n| D | exact divergence, all D cotangents in one vmap (ms) | chunked (ms) | speed-up |")
+    print("|---|---|---|---|")
+    for dim, t in timings.items():
+        print(f"| {dim} | {t['one vmap'] * 1e3:.1f} | {t['chunked'] * 1e3:.1f} | {t['one vmap'] / t['chunked']:.1f}x |")
 
 
 if __name__ == "__main__":

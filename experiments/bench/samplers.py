@@ -1,6 +1,6 @@
 """Sampler benchmark: NFE, wall time and error of every method on exact Gaussian-mixture scores,
-beside diffusers' DPM-Solver++ (2M, 3M) driven by the same score function; and the per-NFE
-overhead of the fixed-step samplers around a U-Net.
+beside diffusers' DPM-Solver++ (2M, 3M) and UniPC (2, 3) driven by the same score function.
+(The per-NFE overhead around a U-Net is experiments/bench/sampler_overhead.py.)
 
     python experiments/bench/samplers.py [--quick] [--plot docs/samplers_error_vs_nfe.png]
 
@@ -8,6 +8,8 @@ Cases: 2-D ring of 8 Gaussians and a 64-D mixture of 8 (random means), under VP 
 Deterministic solvers: RMS error (over samples and coordinates) of the final denoised sample
 against the exact map x_T -> x0_hat, i.e. a dopri8 solve of the probability-flow ODE at rtol =
 atol = 1e-11 to eps = 1e-3 followed by the Tweedie step, from the same x_T (float64).
+Besides that RMS (the figure of merit) the median of the per-sample RMS errors is printed: in 64-D
+a few samples near a boundary between components end in the wrong one and dominate the RMS.
 Stochastic samplers: sliced-Wasserstein distance to true draws (its noise floor, two true draws,
 is printed). NFE counts every score evaluation, the final denoising step included.
 
@@ -16,6 +18,10 @@ Solver++ in EDM's sigma space: any kernel SDE's probability-flow ODE is EDM's OD
 sigma~ = sigma/alpha, with denoiser D(x~, sigma~) = x0_hat(alpha x~, t(sigma~)); its Karras grid
 runs from sigma~(T) to sigma~(eps) and its last step (to sigma~ = 0) returns D, so N scheduler
 steps are N score evaluations, like our N - 1 steps plus the final Tweedie step.
+The second peer is diffusers' UniPCMultistepScheduler (bh2, data prediction, lower-order final
+steps) on the same Karras grid: it works in VP coordinates x_vp = x~ / sqrt(1 + sigma~^2), in which
+every kernel SDE's flow is again the same ODE; its sigmas are set to that grid (diffusers has no
+EDM variant of UniPC), with the model output D (prediction_type "sample").
 """
 
 from __future__ import annotations
@@ -70,11 +76,44 @@ def peer_dpmpp(score, sde, x_T, nfe: int, order: int):
     return x
 
 
+def karras_sigmas(smax: float, smin: float, n: int, rho: float = 7.0) -> torch.Tensor:
+    """EDM eq. 5: n noise levels from smax down to smin."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    return (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+
+
+def peer_unipc(score, sde, x_T, nfe: int, order: int):
+    """diffusers' UniPC (bh2, x0 prediction) on the Karras grid of sigma~ from sigma~(T) to sigma~(eps)."""
+    from diffusers import UniPCMultistepScheduler
+    tt = torch.tensor([sde.T, EPS], dtype=torch.float64)
+    smax, smin = (sde.sigma(tt) / sde.alpha(tt)).tolist()
+    sch = UniPCMultistepScheduler(solver_order=order, prediction_type="sample", predict_x0=True,
+                                  solver_type="bh2", lower_order_final=True, final_sigmas_type="zero")
+    sch.set_timesteps(nfe)  # nfe steps; the timesteps only index them, the sigmas are replaced:
+    sig = karras_sigmas(smax, smin, nfe)
+    sch.sigmas = torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
+    sch.set_begin_index(0)
+    x = x_T / (sde.alpha(tt[:1]) * math.sqrt(1 + smax ** 2))  # x_vp = x~ / sqrt(1 + sigma~^2)
+    for i, ts in enumerate(sch.timesteps):
+        s_tilde = float(sig[i])
+        t = sde.t_of_log_snr(torch.tensor([-math.log(s_tilde)], dtype=torch.float64)).clamp(EPS / 2, sde.T)
+        a = float(sde.alpha(t))
+        d = tweedie_denoise(score, sde, a * math.sqrt(1 + s_tilde ** 2) * x, t.expand(x.shape[0])).to(x.dtype)
+        x = sch.step(d, ts, x).prev_sample
+    return x
+
+
+PEERS = [("diffusers dpmpp_2m", peer_dpmpp, 2), ("diffusers dpmpp_3m", peer_dpmpp, 3),
+         ("diffusers unipc_2", peer_unipc, 2), ("diffusers unipc_3", peer_unipc, 3)]
+
 OURS_DET = [  # name, method, options, steps for an NFE budget n (or None if n cannot be met)
     ("ddim", "ddim", {}, lambda n: n - 1),
     ("dpmpp_2m", "dpmpp_2m", {}, lambda n: n - 1),
     ("dpmpp_3m", "dpmpp_3m", {}, lambda n: n - 1),
     ("dpmpp_3m karras", "dpmpp_3m", {"schedule": "karras"}, lambda n: n - 1),
+    ("unipc", "unipc", {}, lambda n: n - 1),
+    ("unipc uniform_t", "unipc", {"schedule": "uniform_t"}, lambda n: n - 1),
+    ("unipc karras", "unipc", {"schedule": "karras"}, lambda n: n - 1),
     ("ode rk4 log_snr", "ode", {"solver": "rk4", "schedule": "log_snr"}, lambda n: (n - 1) // 4 or None),
 ]
 OURS_STOCH = [
@@ -92,8 +131,14 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+def errors(x, ref):
+    """RMS over samples and coordinates, and the median over samples of each sample's RMS."""
+    per_sample = (x - ref).pow(2).flatten(1).mean(1)
+    return per_sample.mean().sqrt().item(), per_sample.median().sqrt().item()
+
+
 def run_accuracy(nfes, n_samples, rows):
-    print(f"{'case':22s} {'method':24s} {'NFE':>5s} {'wall s':>7s} {'error':>10s}")
+    print(f"{'case':22s} {'method':24s} {'NFE':>5s} {'wall s':>7s} {'error':>10s}      {'median':>9s}")
     for mix_name, mix in mixtures().items():
         for sde in (VPSDE(), VESDE()):
             case = f"{mix_name} {type(sde).__name__[:2]}"
@@ -118,45 +163,36 @@ def run_accuracy(nfes, n_samples, rows):
                                                            generator=torch.Generator().manual_seed(4),
                                                            return_info=True, **opts))
                     det = (name, method, opts, steps_of) in OURS_DET
-                    err = (x - ref).pow(2).mean().sqrt().item() if det else sliced_wasserstein(x, true_a, generator=sw_gen())
-                    entries.append((name + (" (default)" if budget == "default" else ""), info.nfe, wall, err, det))
+                    err, med = errors(x, ref) if det else (sliced_wasserstein(x, true_a, generator=sw_gen()), None)
+                    entries.append((name + (" (default)" if budget == "default" else ""), info.nfe, wall, err, med))
                 if budget != "default":
-                    for order in (2, 3):
-                        x, wall = timed(lambda: peer_dpmpp(score, sde, x_T, budget, order))
-                        entries.append((f"diffusers dpmpp_{order}m", budget, wall, (x - ref).pow(2).mean().sqrt().item(), True))
-                for name, nfe, wall, err, det in entries:
-                    kind = "rms" if det else "sw"
-                    print(f"{case:22s} {name:24s} {nfe:5d} {wall:7.3f} {err:10.3e} {kind}")
-                    rows.append((case, name, nfe, wall, err, kind))
+                    for name, peer, order in PEERS:
+                        x, wall = timed(lambda: peer(score, sde, x_T, budget, order))
+                        entries.append((name, budget, wall, *errors(x, ref)))
+                for name, nfe, wall, err, med in entries:
+                    kind = "sw" if med is None else "rms"
+                    print(f"{case:22s} {name:24s} {nfe:5d} {wall:7.3f} {err:10.3e} {kind}" +
+                          ("" if med is None else f"  {med:9.3e}"))
+                    rows.append((case, name, nfe, wall, err, kind, med))
 
 
-def run_overhead(batch=64, nfe=10):
-    """Wall time per NFE of each fixed-step sampler over the U-Net's own forward time."""
-    from scoresde.models import UNet
-    torch.manual_seed(0)
-    net = UNet(3, 32, ch=64).eval()
-    sde = VPSDE()
-    x = torch.randn(batch, 3, 32, 32)
-
-    def score(x, t):
-        return -net(x, t) / sde.sigma(t.double()).to(x.dtype)[:, None, None, None]
-
-    with torch.no_grad():
-        score(x, torch.full((batch,), 0.5))
-        fwd = min(timed(lambda: score(x, torch.full((batch,), 0.5)))[1] for _ in range(3))
-    print(f"\nU-Net(3, 32, ch=64) forward at batch {batch}: {fwd:.3f} s  (torch threads {torch.get_num_threads()})")
-    print(f"{'method':28s} {'NFE':>4s} {'wall s':>7s} {'s / NFE':>8s} {'ratio':>6s}")
-    out = []
-    for name, method, opts, steps in [("ddim", "ddim", {}, nfe - 1), ("dpmpp_2m", "dpmpp_2m", {}, nfe - 1),
-                                      ("dpmpp_3m", "dpmpp_3m", {}, nfe - 1),
-                                      ("euler_maruyama", "euler_maruyama", {}, nfe - 1),
-                                      ("ancestral", "ancestral", {}, nfe - 1),
-                                      ("ode euler (torchdiffeq)", "ode", {"solver": "euler"}, nfe - 1)]:
-        (_, info), wall = timed(lambda: sample(score, sde, method=method, steps=steps, x_T=x,
-                                               return_info=True, **opts))
-        print(f"{name:28s} {info.nfe:4d} {wall:7.2f} {wall / info.nfe:8.3f} {wall / info.nfe / fwd:6.3f}")
-        out.append((name, info.nfe, wall, wall / info.nfe / fwd))
-    return fwd, out
+def summary(rows, nfes):
+    """Per case and NFE: our default (unipc), our best, the best peer; ratios peer / ours (RMS and median)."""
+    print(f"\n{'case':14s} {'NFE':>4s} {'unipc (default)':>16s} {'our best':>28s} {'best peer':>30s} "
+          f"{'peer/default':>12s} {'peer/best':>9s} {'median: peer/default':>20s}")
+    for case in dict.fromkeys(r[0] for r in rows):
+        for n in nfes:
+            det = [r for r in rows if r[0] == case and r[2] == n and r[5] == "rms"]
+            peers = [r for r in det if r[1].startswith("diffusers")]
+            ours = [r for r in det if not r[1].startswith("diffusers")]
+            if not peers or not ours:
+                continue
+            default = next(r for r in ours if r[1] == "unipc")
+            best, peer = min(ours, key=lambda r: r[4]), min(peers, key=lambda r: r[4])
+            peer_med = min(r[6] for r in peers)
+            print(f"{case:14s} {n:4d} {default[4]:16.3e} {best[1]:>18s} {best[4]:9.3e} {peer[1]:>20s} "
+                  f"{peer[4]:9.3e} {peer[4] / default[4]:12.2f} {peer[4] / best[4]:9.2f} "
+                  f"{peer_med / default[6]:20.2f}")
 
 
 def plot(rows, path):
@@ -166,8 +202,8 @@ def plot(rows, path):
     cases = sorted({r[0] for r in rows})
     fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 3.6), squeeze=False)
     for ax, case in zip(axes[0], cases):
-        for name in ["ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_3m karras", "ode rk4 log_snr",
-                     "diffusers dpmpp_2m", "diffusers dpmpp_3m"]:
+        for name in ["ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ode rk4 log_snr",
+                     "diffusers dpmpp_2m", "diffusers dpmpp_3m", "diffusers unipc_3"]:
             pts = sorted((r[2], r[4]) for r in rows if r[0] == case and r[1] == name)
             if pts:
                 ax.loglog(*zip(*pts), "o--" if name.startswith("diffusers") else "o-", label=name, ms=3)
@@ -183,20 +219,19 @@ def plot(rows, path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="NFE 10 and 20 only, fewer samples, no U-Net")
+    p.add_argument("--quick", action="store_true", help="NFE 10 and 20 only, fewer samples")
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--plot", default=None, help="write the error-vs-NFE plot here")
-    p.add_argument("--no-overhead", action="store_true")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}")
     rows = []
-    run_accuracy((10, 20) if args.quick else NFES, 500 if args.quick else args.samples, rows)
+    nfes = (10, 20) if args.quick else NFES
+    run_accuracy(nfes, 500 if args.quick else args.samples, rows)
+    summary(rows, nfes)
     if args.plot:
         plot(rows, args.plot)
-    if not (args.quick or args.no_overhead):
-        run_overhead()
 
 
 if __name__ == "__main__":

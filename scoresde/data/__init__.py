@@ -9,6 +9,7 @@ Other packages add data sets through the entry-point group `scoresde.datasets` (
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 
@@ -56,6 +57,14 @@ DATASETS = Registry("data set", "scoresde.datasets", builtins={
 
 def load_dataset(name: str, root: str | None = None, split: str = "train", channels: int | None = None):
     """The data set registered as `name` ("ring8", "digits", "mnist", "cifar10", "image_folder", ...)."""
+    if not isinstance(name, str):
+        raise TypeError(f"the data set name must be a string such as 'ring8', got {name!r}")
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a directory path (str or os.PathLike) or None, got {root!r}")
+    if not isinstance(split, str):
+        raise TypeError(f"split must be a string such as 'train' or 'test', got {split!r}")
+    if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int)):
+        raise TypeError(f"channels must be an int (0 as stored, 1 grey, 3 RGB) or None, got {channels!r}")
     return DATASETS.get(name)(root, split, channels)
 
 

@@ -50,6 +50,8 @@ def _unpickle_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_batches(root: Path, names: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
     if root.is_file():
+        if not tarfile.is_tarfile(root):
+            raise ValueError(f"{root} is neither a directory nor a CIFAR-10 tar archive (cifar-10-python.tar.gz)")
         with tarfile.open(root) as tar:
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
             missing = [n for n in names if n not in members]

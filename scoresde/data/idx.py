@@ -59,7 +59,7 @@ def load_idx_dataset(root, split: str = "train", name: str = "idx") -> Quantized
     if split not in SPLIT_PREFIX:
         raise ValueError(f"split={split!r} is not allowed for IDX data: use 'train' or 'test'")
     if not root.is_dir():
-        raise FileNotFoundError(f"data directory {root} does not exist")
+        raise FileNotFoundError(f"data directory {root} {'is a file, not a directory' if root.exists() else 'does not exist'}")
     images = read_idx(find_idx_file(root, split, "images"))
     labels = read_idx(find_idx_file(root, split, "labels"))
     if images.ndim != 3 or images.dtype != np.uint8:

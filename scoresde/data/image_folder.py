@@ -25,7 +25,7 @@ def load_image_folder(root, split: str = "train", channels: int | None = None) -
 
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data directory {root} does not exist")
+        raise FileNotFoundError(f"data directory {root} {'is a file, not a directory' if root.exists() else 'does not exist'}")
     if channels is not None and channels not in _MODES:
         raise ValueError(f"channels={channels!r} is not allowed: use 1 (grey) or 3 (RGB)")
     folder = root / split
@@ -40,7 +40,11 @@ def load_image_folder(root, split: str = "train", channels: int | None = None) -
     labelled = all(len(p.relative_to(folder).parts) > 1 for p in files)
     arrays, size = [], None
     for p in files:
-        with Image.open(p) as im:
+        try:
+            im = Image.open(p)
+        except (OSError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError
+            raise ValueError(f"{p} is not a readable PNG image: {err}") from None
+        with im:
             if im.mode.startswith("I") or im.mode == "F":
                 raise ValueError(f"{p}: mode {im.mode!r} is not 8-bit; convert it to 8-bit grey or RGB")
             if channels is None:

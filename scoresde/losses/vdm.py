@@ -46,7 +46,10 @@ def vdm_loss(model, sde, x0: torch.Tensor, y: torch.Tensor | None = None, *, lev
     model: a ScoreModel (any parametrization) on `sde`, a VP kernel SDE with gamma_and_derivative(t)
     (LearnedSDE). x0: dequantized data in `data_range`, quantized to `levels` levels (None for
     continuous data). t_sampling in VLB_T_SAMPLINGS (None: antithetic). Gradients reach both the
-    network and the schedule's parameters.
+    network and the schedule's parameters. With reduce=False, use t_sampling="uniform" for per-sample
+    estimates: antithetic and stratified t tie a sample's t to its place in the batch, so only the
+    mean over a randomly ordered batch is unbiased (per-digit values of -4.4 .. 9.2 bits/dim instead of 0.4 .. 3.8 were
+    measured with t stratified over the 360 test digits).
     """
     t_sampling = t_sampling or "antithetic"
     if t_sampling not in VLB_T_SAMPLINGS:

@@ -16,7 +16,8 @@ order 1 is DDIM (Song et al. 2021a, eq. 12; x0' = 0), order 2 uses the last two 
 2M, with the exact phi_1 instead of its phi_0 h/2), order 3 a quadratic through the last three
 (3M). The first steps use the orders their history allows; that order-1 start bounds 3M's
 asymptotic order by 2 in principle, but x0 barely varies at low log-SNR so its constant is tiny
-(observed orders 2.5-3 on a mixture, tests/test_sampling_convergence.py).
+(observed orders 2.5-3 on a mixture, tests/test_sampling_convergence.py). A second-order start-up
+without an extra evaluation is what the corrector of `unipc` (unipc.py) gives.
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ def phis(h: float) -> tuple[float, float, float]:
 
 
 def multistep(score_fn, sde, x, *, order, steps, eps, generator, progress, project,
-              schedule="log_snr", rho=7.0):
-    """Multistep exponential integrator of the given order (1, 2 or 3) on a schedule's grid."""
+              schedule="log_snr", rho=7.0, lower_order_final=False):
+    """Multistep exponential integrator of the given order (1, 2 or 3) on a schedule's grid.
+
+    lower_order_final: step i of `steps` uses at most steps - i points (DPM-Solver++'s rule, meant
+    for the large final steps of a Karras grid at low NFE).
+    """
     if not hasattr(sde, "log_snr"):
         raise ValueError(f"exponential integrators need a kernel SDE with alpha, sigma and log_snr; "
                          f"{type(sde).__name__} has none")
@@ -58,15 +63,16 @@ def multistep(score_fn, sde, x, *, order, steps, eps, generator, progress, proje
     for i, t, s in step_pairs(ts, progress, f"dpm-solver order {order}"):
         x0 = data_prediction(score_fn, sde, x, t)
         hist = (hist + [x0])[-order:]
+        used = hist[-min(len(hist), steps - i):] if lower_order_final else hist
         h = lam[i + 1] - lam[i]
         phi0, phi1, phi2 = phis(h)
         update = phi0 * x0
-        if len(hist) >= 2:
+        if len(used) >= 2:
             h0 = lam[i] - lam[i - 1]
-            d1 = (hist[-1] - hist[-2]) / h0
-            if len(hist) == 3:
+            d1 = (used[-1] - used[-2]) / h0
+            if len(used) == 3:
                 h1 = lam[i - 1] - lam[i - 2]
-                dd = (d1 - (hist[-2] - hist[-3]) / h1) / (h0 + h1)
+                dd = (d1 - (used[-2] - used[-3]) / h1) / (h0 + h1)
                 update = update + phi1 * (d1 + h0 * dd) + phi2 * (2 * dd)
             else:
                 update = update + phi1 * d1
@@ -78,14 +84,14 @@ def multistep(score_fn, sde, x, *, order, steps, eps, generator, progress, proje
 
 def _method(name: str, order: int, default_steps: int):
     def method(score_fn, sde, x, *, steps=None, eps, generator, progress, project,
-               schedule="log_snr", rho=7.0):
+               schedule="log_snr", rho=7.0, lower_order_final=False):
         return multistep(score_fn, sde, x, order=order, steps=steps or default_steps, eps=eps,
                          generator=generator, progress=progress, project=project,
-                         schedule=schedule, rho=rho)
+                         schedule=schedule, rho=rho, lower_order_final=lower_order_final)
 
     method.__name__ = name
     method.__doc__ = (f"Exponential integrator of order {order} (default {default_steps} steps, "
-                      "schedule 'log_snr', 'uniform_t' or 'karras' with rho). See module docstring.")
+                      "schedule 'log_snr', 'uniform_t' or 'karras' with rho; lower_order_final). See module docstring.")
     method.default_steps = default_steps
     return method
 

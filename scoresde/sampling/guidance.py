@@ -20,17 +20,33 @@ import abc
 
 import torch
 
-from ..sdes.base import batch_view, check_positive_finite
+from ..sdes.base import batch_view, check_data, check_positive_finite
 
 
-def check_output(value: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
-    """Raise if value (returned by `name`) is not a finite tensor shaped like x."""
+def _check_callable(name: str, fn) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name} must be a callable {name}(x, t), got {fn!r}")
+
+
+def format_time(t, bad: list[int]) -> str:
+    """The time of the first listed sample, for messages: t a float or a per-sample (B,) tensor."""
+    if torch.is_tensor(t) and t.dim() > 0:
+        t = t[bad[0]] if bad and t.shape[0] > bad[0] else t[0]
+    return f"{float(t):.6g}"
+
+
+def check_output(value: torch.Tensor, x: torch.Tensor, name: str, t=None) -> torch.Tensor:
+    """Raise if value (returned by `name` at times t, if given) is not a finite tensor shaped like x."""
     if not torch.is_tensor(value) or value.shape != x.shape:
         got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
         raise ValueError(f"{name} returned {got}, but it must return a tensor shaped like x {tuple(x.shape)}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} returned dtype {value.dtype}; it must return a real floating-point tensor like x ({x.dtype})")
     if not bool(torch.isfinite(value).all()):
         bad = (~torch.isfinite(value)).flatten(1).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"{name} returned non-finite values (NaN or inf) for samples {bad[:10]}")
+        at = "" if t is None else f" at t={format_time(t, bad)}"
+        raise ValueError(f"{name} returned non-finite values (NaN or inf){at} for samples {bad[:10]}"
+                         f"{' ...' if len(bad) > 10 else ''}")
     return value
 
 
@@ -48,7 +64,7 @@ class Guidance(abc.ABC):
         """The guided score function (x, t) -> score + term, checking the term's output."""
         def guided(x, t):
             score = score_fn(x, t)
-            return score + check_output(self(x, t, score), x, repr(self))
+            return score + check_output(self(x, t, score), x, repr(self), t)
         return guided
 
 
@@ -64,7 +80,7 @@ class GuidanceSum(Guidance):
         self.terms = flat
 
     def __call__(self, x, t, score):
-        return sum(check_output(term(x, t, score), x, repr(term)) for term in self.terms)
+        return sum(check_output(term(x, t, score), x, repr(term), t) for term in self.terms)
 
     def __repr__(self):
         return " + ".join(map(repr, self.terms))
@@ -83,6 +99,9 @@ class ClassifierGuidance(Guidance):
     """gamma grad_x log p_t(y | x) for a noise-aware classifier(x, t) -> logits (B, K)."""
 
     def __init__(self, classifier, y, scale: float = 1.0):
+        _check_callable("classifier", classifier)
+        if isinstance(y, (bool, float, str)) or y is None or (torch.is_tensor(y) and y.is_floating_point()):
+            raise TypeError(f"y must be an integer class or a (batch,) tensor of integer classes, got {y!r}")
         self.classifier, self.y = classifier, y
         self.scale = check_positive_finite("scale", scale, allow_zero=True)
 
@@ -108,11 +127,12 @@ class ClassifierFreeGuidance(Guidance):
     """w (s_cond - s_uncond): guided score s_uncond + w (s_cond - s_uncond); w = 1 gives s_cond."""
 
     def __init__(self, cond_score_fn, scale: float):
+        _check_callable("cond_score_fn", cond_score_fn)
         self.cond_score_fn = cond_score_fn
         self.scale = check_positive_finite("scale", scale, allow_zero=True)
 
     def __call__(self, x, t, score):
-        cond = check_output(self.cond_score_fn(x, t), x, "the conditional score function")
+        cond = check_output(self.cond_score_fn(x, t), x, "the conditional score function", t)
         return self.scale * (cond - score)
 
     def __repr__(self):
@@ -123,11 +143,12 @@ class GradientGuidance(Guidance):
     """scale * grad_fn(x, t), a user-supplied grad_x log p_t(y | x)."""
 
     def __init__(self, grad_fn, scale: float = 1.0):
+        _check_callable("grad_fn", grad_fn)
         self.grad_fn = grad_fn
         self.scale = check_positive_finite("scale", scale, allow_zero=True)
 
     def __call__(self, x, t, score):
-        return self.scale * check_output(self.grad_fn(x, t), x, f"guidance gradient {self.grad_fn!r}")
+        return self.scale * check_output(self.grad_fn(x, t), x, f"guidance gradient {self.grad_fn!r}", t)
 
     def __repr__(self):
         return f"GradientGuidance({getattr(self.grad_fn, '__name__', self.grad_fn)!r}, scale={self.scale})"
@@ -139,6 +160,16 @@ class Inpainting:
     def __init__(self, known: torch.Tensor, mask: torch.Tensor, sde):
         if not hasattr(sde, "alpha"):
             raise ValueError(f"inpainting needs a kernel SDE with alpha(t) and sigma(t); got {type(sde).__name__}")
+        check_data("known", known, half=False)
+        if not torch.is_tensor(mask) or mask.is_complex():
+            raise TypeError(f"mask must be a real tensor of 0 (generate) and 1 (known), got {mask!r}")
+        if not bool(torch.isfinite(known).all()):
+            raise ValueError("known contains NaN or infinite values; values under mask == 0 may be anything finite")
+        try:
+            torch.broadcast_shapes(mask.shape, known.shape)
+        except RuntimeError:
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to known's shape "
+                             f"{tuple(known.shape)}") from None
         self.known, self.mask, self.sde = known, mask.to(known.dtype), sde
         if not bool(((self.mask == 0) | (self.mask == 1)).all()):
             raise ValueError("mask must contain only 0 (generate) and 1 (known)")
@@ -147,7 +178,6 @@ class Inpainting:
         if self.known.shape != x.shape:
             raise ValueError(f"inpainting: known has shape {tuple(self.known.shape)} but the samples "
                              f"have shape {tuple(x.shape)}")
-        torch.broadcast_shapes(self.mask.shape, x.shape)
 
     def __call__(self, x: torch.Tensor, t, generator=None) -> torch.Tensor:
         """Replace the known region by a draw of alpha_t x_known + sigma_t z."""

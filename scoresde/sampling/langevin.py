@@ -86,11 +86,20 @@ def annealed_langevin(score_fn, sde, x, *, steps=None, eps, generator, progress,
                       n_steps_each=100, eps_lr=2e-5, schedule="log_snr"):
     """NCSN's annealed Langevin dynamics over `steps` noise levels; defaults are NCSN's
     (Song & Ermon 2019 sec. 5: L = 10 levels, T = 100 steps each, eps_lr = 2e-5), t_L = eps.
-    schedule 'log_snr' gives NCSN's geometric noise levels for VE."""
+    schedule 'log_snr' gives NCSN's geometric noise levels for VE.
+
+    Every level has step_i / sigma_i^2 = eps_lr / sigma_L^2 =: r. Along a direction where the data has
+    no spread, p_t is N(., sigma_i^2) and one update multiplies the deviation by 1 - r/2, so r >= 4
+    diverges (e.g. a VP-type schedule with sigma_L ~ 1e-3 at NCSN's eps_lr): that is refused."""
     n_steps_each = check_steps("n_steps_each", n_steps_each)
     eps_lr = check_positive_finite("eps_lr", eps_lr)
     levels = time_grid(sde, steps or 10, eps, schedule)[1:]
     sigma = sde.sigma(levels)
+    sigma_L = float(sigma[-1])
+    if eps_lr >= 4 * sigma_L ** 2:
+        raise ValueError(f"eps_lr={eps_lr:g} makes annealed Langevin diverge for this SDE: the smallest noise "
+                         f"level sigma(eps={eps:g}) = {sigma_L:.3g} needs eps_lr < 4 sigma_L^2 = "
+                         f"{4 * sigma_L ** 2:.3g} (use a smaller eps_lr or a larger eps)")
     for i, t, _ in step_pairs(torch.cat([levels, levels[-1:]]), progress, "annealed langevin"):
         step = eps_lr * float(sigma[i] / sigma[-1]) ** 2
         tt = times_like(t, x)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from ..registry import Registry
-from .base import SDE, ReverseSDE, batch_view
+from .base import SDE, ReverseSDE, batch_view, check_kwargs
 from .cosine import CosineVPSDE
 from .kernel import KernelSDE
+from .learned import LearnedSDE, MonotoneGamma
 from .subvp import SubVPSDE
 from .ve import VESDE
 from .vp import VPSDE
 
 SDES = Registry("SDE", "scoresde.sdes",
-                builtins={"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine": CosineVPSDE})
+                builtins={"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine": CosineVPSDE,
+                          "learned": LearnedSDE})
 
 
 def register_sde(name: str, *, overwrite: bool = False):
@@ -21,7 +23,11 @@ def register_sde(name: str, *, overwrite: bool = False):
 
 def get_sde(name: str, **kwargs) -> SDE:
     """Build the SDE registered (or installed through the `scoresde.sdes` entry point) as `name`."""
-    return SDES.get(name)(**kwargs)
+    if not isinstance(name, str):
+        raise TypeError(f"the SDE name must be a string such as 'vp', got {name!r}")
+    cls = SDES.get(name)
+    check_kwargs(f"SDE {name!r}", cls, kwargs)
+    return cls(**kwargs)
 
 
 def list_sdes() -> list[str]:
@@ -29,5 +35,5 @@ def list_sdes() -> list[str]:
     return SDES.names()
 
 
-__all__ = ["SDE", "ReverseSDE", "KernelSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE",
-           "register_sde", "get_sde", "list_sdes", "batch_view", "SDES"]
+__all__ = ["SDE", "ReverseSDE", "KernelSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "LearnedSDE",
+           "MonotoneGamma", "register_sde", "get_sde", "list_sdes", "batch_view", "SDES"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SDE, batch_view
+from .base import SDE, batch_view, check_data
 
 
 class KernelSDE(SDE):
@@ -70,12 +70,12 @@ class KernelSDE(SDE):
     # -- the SDE contract ------------------------------------------------------------------------
     def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Drift f(t) x and diffusion g(t)."""
-        t = self.check_t(t, x)
+        t = self.check_t(t, check_data("x", x))
         return batch_view(self.f(t), x) * x, torch.sqrt(self.g2(t))
 
     def marginal_prob(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Kernel mean alpha(t) x_0 and std sigma(t)."""
-        t = self.check_t(t, x0)
+        t = self.check_t(t, check_data("x0", x0))
         return batch_view(self.alpha(t), x0) * x0, self.sigma(t)
 
 

@@ -28,8 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import check_steps
+from .base import check_real, check_steps
 from .kernel import KernelSDE
+
+MAX_FEATURES = 2 ** 16
+GAMMA_LIMIT = 50.0  # |gamma| = |log SNR| bound: sigmoid(-50)^(1/2) ~ 1e-11 is still normal in float32
 
 
 class MonotoneGamma(nn.Module):
@@ -37,11 +40,14 @@ class MonotoneGamma(nn.Module):
 
     def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0, n_features: int = 1024):
         super().__init__()
-        gamma_min, gamma_max = float(gamma_min), float(gamma_max)
-        if not (math.isfinite(gamma_min) and math.isfinite(gamma_max) and gamma_max > gamma_min):
-            raise ValueError(f"gamma_min={gamma_min!r}, gamma_max={gamma_max!r} are not allowed: "
-                             f"they must be finite with gamma_max > gamma_min")
-        check_steps("n_features", n_features)
+        gamma_min, gamma_max = check_real("gamma_min", gamma_min), check_real("gamma_max", gamma_max)
+        if not (-GAMMA_LIMIT <= gamma_min < gamma_max <= GAMMA_LIMIT):
+            raise ValueError(f"gamma_min={gamma_min!r}, gamma_max={gamma_max!r} are not allowed: they must "
+                             f"satisfy -{GAMMA_LIMIT:g} <= gamma_min < gamma_max <= {GAMMA_LIMIT:g} "
+                             f"(alpha^2 = sigmoid(-gamma) and sigma^2 stay normal in float32)")
+        if check_steps("n_features", n_features) > MAX_FEATURES:
+            raise ValueError(f"n_features={n_features} is not allowed: it must be <= {MAX_FEATURES} "
+                             f"(VDM uses 1024; each feature costs B floats per evaluation)")
         self.gamma_min = nn.Parameter(torch.tensor(gamma_min))
         self._gap = nn.Parameter(torch.tensor(_softplus_inverse(gamma_max - gamma_min)))
         # raw weights of the positive layers; w1 dominates at start, so gamma starts near linear

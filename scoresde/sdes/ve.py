@@ -13,8 +13,11 @@ import math
 
 import torch
 
-from .base import batch_view, check_positive_finite
+from .base import check_data, check_positive_finite
 from .kernel import KernelSDE
+
+# sigma^2 (in g^2, in Tweedie's step, in the prior's log-density) must be finite and normal in float32
+SIGMA_RANGE = (1e-10, 1e10)
 
 
 class VESDE(KernelSDE):
@@ -26,6 +29,10 @@ class VESDE(KernelSDE):
         self.sigma_max = check_positive_finite("sigma_max", sigma_max)
         if self.sigma_max <= self.sigma_min:
             raise ValueError(f"sigma_max={sigma_max!r} is not allowed: it must be > sigma_min={sigma_min!r}")
+        for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+            if not SIGMA_RANGE[0] <= value <= SIGMA_RANGE[1]:
+                raise ValueError(f"{name}={value!r} is not allowed: it must lie in [{SIGMA_RANGE[0]:g}, "
+                                 f"{SIGMA_RANGE[1]:g}] so that sigma^2 and g^2 stay finite in float32")
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
 
     def log_alpha(self, t):
@@ -60,7 +67,7 @@ class VESDE(KernelSDE):
 
     def discretize(self, x, t):
         """SMLD chain x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z (sigma_{-1} = 0): f = 0, G = that std."""
-        t = self.check_t(t, x)
+        t = self.check_t(t, check_data("x", x))
         i = (t * (self.N - 1) / self.T).round().long()
         sigmas = self.discrete_sigmas(dtype=x.dtype, device=x.device)
         prev = torch.where(i == 0, torch.zeros_like(sigmas[i]), sigmas[(i - 1).clamp(min=0)])

@@ -9,16 +9,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import batch_view, check_positive_finite
+from .base import batch_view, check_data, check_positive_finite
 from .kernel import KernelSDE
 
 
+# Largest -log alpha(T) allowed: samplers divide by alpha(t) (Tweedie's x0 = (x + sigma^2 s)/alpha),
+# and alpha(T) = e^-50 ~ 2e-22 keeps 1/alpha^2 far inside float32's range (3.4e38).
+MAX_NEG_LOG_ALPHA = 50.0
+
+
 def check_beta_range(beta_min, beta_max) -> tuple[float, float]:
-    """Validate 0 <= beta_min <= beta_max, beta_max > 0, both finite."""
+    """Validate 0 <= beta_min <= beta_max, beta_max > 0, both finite, and -log alpha(1) =
+    beta_min/2 + (beta_max - beta_min)/4 <= MAX_NEG_LOG_ALPHA (float32 samplers stay finite)."""
     b0 = check_positive_finite("beta_min", beta_min, allow_zero=True)
     b1 = check_positive_finite("beta_max", beta_max)
     if b1 < b0:
         raise ValueError(f"beta_max={beta_max!r} is not allowed: it must be >= beta_min={beta_min!r}")
+    if b0 / 2 + (b1 - b0) / 4 > MAX_NEG_LOG_ALPHA:
+        raise ValueError(f"beta_min={beta_min!r}, beta_max={beta_max!r} are not allowed: they give "
+                         f"-log alpha(1) = beta_min/2 + (beta_max - beta_min)/4 > {MAX_NEG_LOG_ALPHA:g}, "
+                         f"so 1/alpha(1) overflows float32 (Song et al. use beta_max=20)")
     return b0, b1
 
 
@@ -70,7 +80,7 @@ class VPSDE(KernelSDE):
 
     def discretize(self, x, t):
         """DDPM chain x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z: f = (sqrt(1-beta_i) - 1) x, G = sqrt(beta_i)."""
-        t = self.check_t(t, x)
+        t = self.check_t(t, check_data("x", x))
         i = (t * (self.N - 1) / self.T).round().long()
         beta = self.discrete_betas(dtype=x.dtype, device=x.device)[i]
         return batch_view(torch.sqrt(1 - beta) - 1, x) * x, torch.sqrt(beta)
