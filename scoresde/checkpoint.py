@@ -195,11 +195,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 
 
 # -- does a checkpoint fit a config? ------------------------------------------------------------------
-def _flatten(table: dict, prefix: str = "") -> dict:
+def flatten(table: dict, prefix: str = "") -> dict:
+    """Nested dicts as one dict keyed by dotted paths: {"a": {"b": 1}} -> {"a.b": 1}."""
     out = {}
     for k, v in table.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -209,7 +210,7 @@ def config_differences(saved: dict, current: dict, keys=("data.name", "data.chan
     """'field: checkpoint A, config B' for every config field (as nested dicts, `config_to_dict`) that
     differs and starts with one of `keys` (by default what fixes the model's state: the data's
     shape, the SDE and the network)."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten(saved), flatten(current)
     out = []
     for k in sorted(a.keys() | b.keys()):
         if any(k == p or (p.endswith(".") and k.startswith(p)) for p in keys) and a.get(k) != b.get(k):

@@ -49,7 +49,7 @@ from .checkpoint import CheckpointError, config_differences, latest_checkpoint, 
     remove_incomplete, save_checkpoint, set_aside_newer, state_differences
 from .config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, load_config, \
     save_config, validate
-from .data import BatchStream, QuantizedDataset, ToyDataset, center, load_dataset, quantize
+from .data import BatchStream, ToyDataset, center, load_dataset, quantize
 
 
 def _config_error(field: str, err: Exception) -> ConfigError:

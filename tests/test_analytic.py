@@ -1,7 +1,5 @@
 """The ground-truth module itself, checked against quadrature, autograd and Monte Carlo."""
 
-import math
-
 import pytest
 import torch
 

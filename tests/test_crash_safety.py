@@ -100,7 +100,7 @@ def kill_and_resume(run_dir: Path, uninterrupted: dict, ckpt_every: int, rng: ra
         wait_until(lambda: any(p.name.endswith(".tmp") for p in run_dir.iterdir()), proc)
     else:
         time.sleep(delay)
-    assert proc.poll() is None, f"the run finished before the kill: it would test nothing"
+    assert proc.poll() is None, "the run finished before the kill: it would test nothing"
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL

@@ -4,7 +4,6 @@ Jacobian, the digits protocol, and the file loaders on small files written here 
 from __future__ import annotations
 
 import gzip
-import io
 import math
 import pickle
 import struct

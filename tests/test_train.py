@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from scoresde.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from scoresde.checkpoint import CheckpointError, flatten, list_checkpoints, load_checkpoint
 from scoresde.config import ConfigError, config_to_dict, load_config
 from scoresde.train import NonFiniteError, Trainer, main, parse_args, prepare, train_loop
 
@@ -27,23 +27,13 @@ DIGITS = ["data.name=digits", "model.name=unet", "model.ch=8", "model.ch_mult=[1
 def assert_same_state(a: Trainer, b: Trainer):
     for name in ("model", "ema", "optimizer"):
         sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
-        fa, fb = _flat(sa), _flat(sb)
+        fa, fb = flatten(sa), flatten(sb)
         assert fa.keys() == fb.keys()
         for k in fa:
             if torch.is_tensor(fa[k]):
                 assert torch.equal(fa[k], fb[k]), f"{name}.{k} differs"
             else:
                 assert fa[k] == fb[k], f"{name}.{k} differs"
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 @pytest.mark.parametrize("overrides, k", [(TOY, 8), (DIGITS, 3)], ids=["toy", "digits"])
@@ -155,7 +145,7 @@ def test_non_finite_steps_are_skipped_and_counted():
     snapshots = {}
     while tr.step_count < 7:
         tr.step()
-        state = _flat({"model": tr.model.state_dict(), "ema": tr.ema.state_dict(), "opt": tr.optimizer.state_dict()})
+        state = flatten({"model": tr.model.state_dict(), "ema": tr.ema.state_dict(), "opt": tr.optimizer.state_dict()})
         snapshots[tr.step_count] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
         assert tr.last_applied == (tr.step_count not in (5, 6))
     # steps 5 (NaN loss) and 6 (infinite gradient) changed no parameter, EMA or optimizer state (the

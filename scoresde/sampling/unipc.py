@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from .common import step_pairs
 from .exponential import data_prediction
 from .schedules import time_grid
