@@ -22,7 +22,8 @@ from ..sdes.base import (MIN_EPS, check_data, check_generator, check_kwargs, che
 from .denoise import tweedie_denoise
 from .exponential import ddim, dpmpp_2m, dpmpp_3m
 from .guidance import (ClassifierFreeGuidance, ClassifierGuidance, GradientGuidance, Guidance,
-                       GuidanceSum, Inpainting, check_output, format_time, split_guidance)
+                       GuidanceSum, Inpainting, check_output, format_time, listed, nonfinite_samples,
+                       split_guidance)
 from .langevin import annealed_langevin, pc
 from .ode import ode
 from .schedules import SCHEDULES, time_grid
@@ -94,11 +95,11 @@ def _initial_state(sde, shape, x_T, generator):
 
 def check_finite_state(x: torch.Tensor, t, where: str) -> None:
     """Raise ValueError naming the time and the samples if the sampler's state x is not finite."""
-    if bool(torch.isfinite(x).all()):
+    bad = nonfinite_samples(x)
+    if not bad:
         return
-    bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
     raise ValueError(f"the samples became non-finite (NaN or inf) in {where} before t={format_time(t, bad)} "
-                     f"for samples {bad[:10]}{' ...' if len(bad) > 10 else ''}: the previous step diverged "
+                     f"for samples {listed(bad)}: the previous step diverged "
                      f"(check the score's scale near that time, or use more steps)")
 
 

@@ -35,6 +35,19 @@ def format_time(t, bad: list[int]) -> str:
     return f"{float(t):.6g}"
 
 
+def nonfinite_samples(value: torch.Tensor) -> list[int]:
+    """Indices of the samples (rows) of value holding a NaN or inf; [] after one all() when none do."""
+    finite = torch.isfinite(value)
+    if bool(finite.all()):
+        return []
+    return (~finite).flatten(1).any(1).nonzero().flatten().tolist()
+
+
+def listed(bad: list[int]) -> str:
+    """The first ten sample indices, for messages."""
+    return f"{bad[:10]}{' ...' if len(bad) > 10 else ''}"
+
+
 def check_output(value: torch.Tensor, x: torch.Tensor, name: str, t=None) -> torch.Tensor:
     """Raise if value (returned by `name` at times t, if given) is not a finite tensor shaped like x."""
     if not torch.is_tensor(value) or value.shape != x.shape:
@@ -42,11 +55,10 @@ def check_output(value: torch.Tensor, x: torch.Tensor, name: str, t=None) -> tor
         raise ValueError(f"{name} returned {got}, but it must return a tensor shaped like x {tuple(x.shape)}")
     if not value.is_floating_point():
         raise TypeError(f"{name} returned dtype {value.dtype}; it must return a real floating-point tensor like x ({x.dtype})")
-    if not bool(torch.isfinite(value).all()):
-        bad = (~torch.isfinite(value)).flatten(1).any(1).nonzero().flatten().tolist()
+    bad = nonfinite_samples(value)
+    if bad:
         at = "" if t is None else f" at t={format_time(t, bad)}"
-        raise ValueError(f"{name} returned non-finite values (NaN or inf){at} for samples {bad[:10]}"
-                         f"{' ...' if len(bad) > 10 else ''}")
+        raise ValueError(f"{name} returned non-finite values (NaN or inf){at} for samples {listed(bad)}")
     return value
 
 
