@@ -1,7 +1,7 @@
 """scoresde: score-based generative modelling through stochastic differential equations."""
 
 from .likelihood import bits_per_dim, log_likelihood
-from .sampling import list_samplers, register_sampler, sample
+from .sampling import calibrate_schedule, list_samplers, register_sampler, sample
 from .sdes import (SDE, CosineVPSDE, KernelSDE, ReverseSDE, SubVPSDE, VESDE, VPSDE, get_sde,
                    list_sdes, register_sde)
 
@@ -9,4 +9,4 @@ __version__ = "0.1.0"
 
 __all__ = ["SDE", "KernelSDE", "ReverseSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE",
            "register_sde", "get_sde", "list_sdes", "sample", "list_samplers", "register_sampler",
-           "log_likelihood", "bits_per_dim"]
+           "calibrate_schedule", "log_likelihood", "bits_per_dim"]

@@ -1,13 +1,15 @@
 """`python -m scoresde.evaluate`: bits/dim of a trained run on held-out data, through the probability flow.
 
     python -m scoresde.evaluate --checkpoint runs/digits-... [--split test] [--trace exact]
+                                [--method rk4 --steps 8]
 
 Quantized data (digits, images): the dequantization bound of `likelihood.bits_per_dim` with the data
 set's own number of levels, on the [-1, 1] scaling the model trained on, K = --draws dequantizations
 per image. Toy sets: the negative log-likelihood in nats/dim of held-out draws. The EMA weights are
 used (as for sampling); a class-conditional model is evaluated as p(x | y) with the true labels.
 Prints the mean with a 95% confidence interval over the evaluated samples (mean +- 1.96 SE) and the
-mean NFE per solve.
+mean NFE per solve. The solver is adaptive (--method dopri5, the default, at --rtol/--atol) or a
+fixed-grid one with --steps (e.g. rk4): a known cost and no error control, for quick comparisons.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, state_differences
 from .config import ConfigError, config_from_dict, validate
-from .likelihood import TRACES, bits_per_dim, log_likelihood
+from .likelihood import ADAPTIVE_METHODS, FIXED_METHODS, TRACES, bits_per_dim, log_likelihood
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-probes", type=int, default=1)
     p.add_argument("--draws", type=int, default=1, help="dequantization draws K per image")
     p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--method", choices=ADAPTIVE_METHODS + FIXED_METHODS, default="dopri5",
+                   help="ODE solver: adaptive (rtol/atol) or fixed-grid (needs --steps); default dopri5")
+    p.add_argument("--steps", type=int, default=None, help="steps of a fixed-grid --method (uniform in t)")
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--eps", type=float, default=1e-5)
@@ -78,8 +83,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         labels = ds.labels[:n].to(args.device) if cfg.model.class_cond else None
     num_dims = data[0].numel()
     trace = args.trace if args.trace != "auto" else ("exact" if num_dims <= 64 else "hutchinson")
-    opts = dict(eps=args.eps, rtol=args.rtol, atol=args.atol, trace=trace, probes=args.probes,
-                n_probes=args.n_probes)
+    opts = dict(eps=args.eps, rtol=args.rtol, atol=args.atol, method=args.method, steps=args.steps,
+                trace=trace, probes=args.probes, n_probes=args.n_probes)
     gen = torch.Generator(args.device).manual_seed(args.seed)
     values, nfe, solves = [], 0, 0
     bar = tqdm(range(0, data.shape[0], args.batch_size), disable=args.no_progress,

@@ -8,6 +8,10 @@ eq. 13) is a continuous normalizing flow, so by the instantaneous change of vari
 
 `log_likelihood` integrates the augmented state [x, delta] with dx/dt = f~, d delta/dt = div f~
 from t = eps to T with torchdiffeq and returns log p_T(x(T)) + delta(T), p_T being the SDE's prior.
+The solver is adaptive (ADAPTIVE_METHODS: steps chosen by rtol, atol) or a fixed-grid Runge-Kutta
+method (FIXED_METHODS) stepping exactly between the points of a `scoresde.sampling.schedules` grid
+eps = t_n < ... < t_0 = T: a known cost (steps times the method's stages) and a global error
+O(h^order), with no error control.
 
 * The divergence is exact (trace of each sample's Jacobian, from D vector-Jacobian products
   vectorised with torch.func.vmap) or the Hutchinson-Skilling estimate  E_v[v^T J v]  with probes v
@@ -36,12 +40,14 @@ from typing import NamedTuple
 import torch
 from torchdiffeq import odeint
 
+from .sampling.schedules import time_grid
 from .sdes.base import (MIN_EPS, SDE, ScoreFn, check_data, check_generator, check_kwargs,
                         check_positive_finite, check_sde, check_steps, check_tolerance)
 
 TRACES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4")  # orders 1, 2, 2, 3, 4; as many stages
 
 # Exact traces vmap `chunk` of the D cotangents over the whole batch at once (chunk * B * D cotangent
 # elements), chunk = max(1, this // (B * D)), the rest in a loop over the retained graph. Small: a
@@ -73,17 +79,32 @@ class BitsPerDim(NamedTuple):
 
 def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5,
                    rtol: float = 1e-5, atol: float = 1e-5, method: str = "dopri5",
+                   steps: int | None = None, schedule: str = "uniform_t",
                    trace: str = "exact", probes: str = "rademacher", n_probes: int = 1,
                    generator: torch.Generator | None = None) -> LogLikelihood:
     """Per-sample log p_eps(x) in nats through the probability-flow ODE (module docstring).
 
-    x: data of shape (B, ...), batch first. eps: start time of the flow, in (0, T). rtol, atol:
-    tolerances of the adaptive `method` (a torchdiffeq solver), applied per sample. trace:
-    "exact" (D vector-Jacobian products: for low dimensions) or "hutchinson" (n_probes fixed
+    x: data of shape (B, ...), batch first. eps: start time of the flow, in (0, T).
+    method: an adaptive torchdiffeq solver (ADAPTIVE_METHODS), with tolerances rtol, atol applied
+    per sample; or a fixed-grid one (FIXED_METHODS) taking `steps` steps on the `schedule` grid of
+    scoresde.sampling.schedules.time_grid, for approximate likelihoods at a known NFE (monitoring a
+    training run, a quick comparison): its error shrinks as steps^-order, but nothing controls it.
+    (uniform_t is the default grid: on a 2-D mixture under the VP SDE, rk4's mean error on it was
+    8-16x smaller than on log_snr at 8-24 steps; for the VE SDE the two grids coincide.)
+    trace: "exact" (D vector-Jacobian products: for low dimensions) or "hutchinson" (n_probes fixed
     `probes` per sample, drawn from `generator`: unbiased, for high dimensions).
     """
-    _check_args(sde, x, eps, rtol, atol, method, trace, probes, n_probes)
+    _check_args(sde, x, eps, rtol, atol, method, steps, trace, probes, n_probes)
     check_generator(generator)
+    if steps is None:
+        ts = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
+        options = {"norm": _per_sample_norm, "step_t": ts[1:]}
+    else:
+        ts = time_grid(sde, steps, eps, schedule).flip(0).to(x.device, x.dtype)
+        options = {}
+        if not bool((ts[1:] > ts[:-1]).all()):
+            raise ValueError(f"steps={steps} is too many for {x.dtype}: the {schedule!r} grid has "
+                             f"repeated times in it; use fewer steps or float64 data")
     ode = _ProbabilityFlow(score_fn, sde)
     _check_model(score_fn, x, eps)
     v = None
@@ -101,11 +122,9 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, eps: float =
                                      f"samples {bad[:10]}: check score_fn (and eps={eps})")
         return drift, div
 
-    ts = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
     delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     with torch.no_grad():
-        xs, deltas = odeint(rhs, (x, delta0), ts, rtol=rtol, atol=atol, method=method,
-                            options={"norm": _per_sample_norm, "step_t": ts[1:]})
+        xs, deltas = odeint(rhs, (x, delta0), ts, rtol=rtol, atol=atol, method=method, options=options)
     z, delta = xs[-1], deltas[-1]
     prior_logp = sde.prior_logp(z)
     log_p = prior_logp + delta
@@ -232,7 +251,7 @@ def _draw_probes(kind: str, shape: tuple[int, ...], generator: torch.Generator |
     return torch.randn(shape, generator=generator)
 
 
-def _check_args(sde, x, eps, rtol, atol, method, trace, probes, n_probes) -> None:
+def _check_args(sde, x, eps, rtol, atol, method, steps, trace, probes, n_probes) -> None:
     check_sde(sde)
     if not torch.is_tensor(x) or not torch.is_floating_point(x):
         raise TypeError(f"x must be a floating-point tensor of shape (batch, ...), got "
@@ -250,9 +269,17 @@ def _check_args(sde, x, eps, rtol, atol, method, trace, probes, n_probes) -> Non
         raise ValueError(f"eps={eps!r} is not allowed: it must lie in [{MIN_EPS:g}, T={sde.T})")
     check_tolerance("rtol", rtol)
     check_tolerance("atol", atol)
-    if method not in ADAPTIVE_METHODS:
-        raise ValueError(f"method={method!r} is not allowed: use an adaptive torchdiffeq solver, "
-                         f"one of {ADAPTIVE_METHODS}")
+    if method in ADAPTIVE_METHODS and steps is not None:
+        raise ValueError(f"steps={steps!r} is not allowed with the adaptive method={method!r}, whose "
+                         f"steps rtol and atol choose: drop steps, or use a fixed-grid method, one of "
+                         f"{FIXED_METHODS}")
+    if method in FIXED_METHODS and steps is None:
+        raise ValueError(f"method={method!r} is a fixed-grid solver and needs steps (an integer >= 1)")
+    if method in FIXED_METHODS:
+        check_steps("steps", steps)
+    elif method not in ADAPTIVE_METHODS:
+        raise ValueError(f"method={method!r} is not allowed: use an adaptive torchdiffeq solver, one of "
+                         f"{ADAPTIVE_METHODS}, or a fixed-grid one with steps, one of {FIXED_METHODS}")
     if trace not in TRACES:
         raise ValueError(f"trace={trace!r} is not allowed: use one of {TRACES}")
     if probes not in PROBES:

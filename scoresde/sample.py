@@ -8,6 +8,12 @@ config, samples with `scoresde.sampling.sample`, writes a scatter (2-D data) or 
 (quantized data) to --out and the samples to the same name with .npz (`samples`, and `labels` when
 class-conditional). With --class and --guidance-scale W the score is classifier-free guided,
 s_uncond + W (s_cond - s_uncond); with --class alone it is the conditional score.
+
+--calibrate B first fits the deterministic method's time grid for --steps to this model on B prior
+draws (`scoresde.calibrate_schedule`; its cost is about --calibrate-evals runs of the method on B
+draws, or on a stratified batch of --calibrate-batch of them), prints the fitted and the best
+built-in grid's error, samples on the fitted grid and saves it as `times` in the .npz;
+--times FILE.npz reuses such a grid without fitting again.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import torch
 
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from .config import ConfigError, config_from_dict
-from .sampling import METHODS, ClassifierFreeGuidance, list_samplers, sample
+from .sampling import METHODS, ClassifierFreeGuidance, calibrate_schedule, list_samplers, sample
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,6 +44,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance weight W")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--options", default="{}", help='method options as JSON, e.g. \'{"schedule": "karras"}\'')
+    p.add_argument("--calibrate", type=int, default=None, metavar="B",
+                   help="fit the time grid to the model on B prior draws first (deterministic methods)")
+    p.add_argument("--calibrate-evals", type=int, default=1500, help="solver runs the fit may spend (default 1500)")
+    p.add_argument("--calibrate-batch", type=int, default=None, metavar="b",
+                   help="fit on a stratified batch of b of the B draws (default: all B)")
+    p.add_argument("--times", default=None, metavar="FILE.npz", help="sample on the grid `times` saved by --calibrate")
     p.add_argument("--out", required=True, help="PNG to write; the samples go to the same name with .npz")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -62,6 +74,19 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--n {args.n} is not allowed: it must be a positive number of samples")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps {args.steps} is not allowed: it must be positive (or left out)")
+    if args.calibrate is not None:
+        if args.calibrate < 1:
+            raise ValueError(f"--calibrate {args.calibrate} is not allowed: it must be a positive number of draws")
+        if args.steps is None:
+            raise ValueError("--calibrate needs --steps: a grid is fitted for one step count")
+        if args.times is not None:
+            raise ValueError("--calibrate and --times exclude each other: fit a grid or reuse one")
+    if args.calibrate_batch is not None:
+        if args.calibrate is None:
+            raise ValueError("--calibrate-batch needs --calibrate B (the pool it is drawn from)")
+        if not 1 <= args.calibrate_batch <= args.calibrate:
+            raise ValueError(f"--calibrate-batch {args.calibrate_batch} is not allowed: it must lie in "
+                             f"1..{args.calibrate} (--calibrate)")
     if args.guidance_scale is not None:
         if args.cls is None:
             raise ValueError("--guidance-scale needs --class K (the class to guide towards)")
@@ -90,10 +115,13 @@ def main(argv=None) -> Path:
             if not 0 <= args.cls < ds.num_classes:
                 raise ValueError(f"--class {args.cls} is not allowed: classes are 0..{ds.num_classes - 1}")
         y = None if args.cls is None else torch.full((args.n,), args.cls, dtype=torch.long)
-        if args.guidance_scale is None:
-            score, guidance = model.score_fn(y), None
-        else:
-            score, guidance = model.score_fn(None), ClassifierFreeGuidance(model.score_fn(y), args.guidance_scale)
+        score, guidance = scores(model, args.cls, args.guidance_scale)
+        times = None
+        if args.times is not None or args.calibrate is not None:
+            if "schedule" in options:
+                raise ValueError("--calibrate/--times set the schedule: leave it out of --options")
+            times = load_times(args.times) if args.times else calibrated_times(args, trainer, model, options)
+            options["schedule"] = times
         gen = torch.Generator().manual_seed(args.seed)
         x = sample(score, trainer.sde, (args.n, *ds.event_shape), method=args.method, steps=args.steps,
                    eps=args.eps, generator=gen, guidance=guidance, progress=not args.no_progress, **options)
@@ -116,9 +144,49 @@ def main(argv=None) -> Path:
     arrays = {"samples": x.numpy()}
     if y is not None:
         arrays["labels"] = y.numpy()
+    if times is not None:
+        arrays["times"] = times.numpy()
     np.savez(out.with_suffix(".npz"), **arrays)
     print(f"wrote {out} and {out.with_suffix('.npz')} ({args.n} samples, {args.method})")
     return out
+
+
+def scores(model, cls, guidance_scale):
+    """(score_fn, guidance) for batches of any size: unconditional, class-conditional, or CFG-guided."""
+    if cls is None:
+        return model.score_fn(None), None
+
+    def conditional(x, t):
+        return model.score(x, t, torch.full((x.shape[0],), cls, dtype=torch.long, device=x.device))
+
+    if guidance_scale is None:
+        return conditional, None
+    return model.score_fn(None), ClassifierFreeGuidance(conditional, guidance_scale)
+
+
+def calibrated_times(args, trainer, model, options) -> torch.Tensor:
+    """Fit the method's grid on args.calibrate prior draws (seed + 1) with the sampling score."""
+    score, guidance = scores(model, args.cls, args.guidance_scale)
+    if guidance is not None:
+        score = guidance.apply(score)
+    x_cal = trainer.sde.prior_sampling((args.calibrate, *trainer.dataset.event_shape),
+                                       generator=torch.Generator().manual_seed(args.seed + 1))
+    fit = calibrate_schedule(score, trainer.sde, x_cal, method=args.method, steps=args.steps, eps=args.eps,
+                             max_evals=args.calibrate_evals, batch=args.calibrate_batch,
+                             generator=torch.Generator().manual_seed(args.seed + 2),
+                             progress=not args.no_progress, **options)
+    print(f"calibrated {args.method} ({args.steps} steps) on {args.calibrate} draws in {fit.evals} runs: "
+          f"RMS {fit.error:.4g} against the exact flow, {fit.start} grid {fit.start_error:.4g}")
+    return fit.times
+
+
+def load_times(path: str) -> torch.Tensor:
+    """The `times` array of an .npz written by --calibrate."""
+    try:
+        with np.load(path) as f:
+            return torch.from_numpy(f["times"]).to(torch.float64)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"--times {path}: cannot read a `times` array from it ({e})") from None
 
 
 class _CallableModule(types.ModuleType):

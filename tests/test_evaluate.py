@@ -18,11 +18,12 @@ from scoresde.evaluate import main
 from scoresde.train import Trainer
 
 
-def test_toy_nll_matches_closed_form(tmp_path, capsys):
+@pytest.mark.parametrize("solver", [[], ["--method", "rk4", "--steps", "8"]])
+def test_toy_nll_matches_closed_form(tmp_path, capsys, solver):
     cfg = load_config(None, ["train.steps=1"])
     trainer = Trainer(cfg)
     save_checkpoint(trainer.state_dict(), tmp_path, 0)
-    out = main(["--checkpoint", str(tmp_path), "--n", "64", "--batch-size", "32", "--no-progress"])
+    out = main(["--checkpoint", str(tmp_path), "--n", "64", "--batch-size", "32", "--no-progress", *solver])
     x = trainer.dataset.heldout(64, cfg.eval.heldout_seed).double()
     sde, t = trainer.sde, torch.tensor([1e-5, 1.0], dtype=torch.float64)
     ratio = sde.alpha(t[1:]) / sde.alpha(t[:1])
@@ -31,6 +32,17 @@ def test_toy_nll_matches_closed_form(tmp_path, capsys):
     assert torch.allclose(out["values"], -log_p / 2, atol=1e-3)
     assert out["n"] == 64 and out["nfe_per_solve"] > 0 and out["ci95"] > 0
     assert "nats/dim" in capsys.readouterr().out
+    if solver:  # 8 steps of 4 stages
+        assert out["nfe_per_solve"] == 8 * 4
+
+
+def test_fixed_grid_method_without_steps_is_reported(tmp_path, capsys):
+    trainer = Trainer(load_config(None, ["train.steps=1"]))
+    save_checkpoint(trainer.state_dict(), tmp_path, 0)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(tmp_path), "--method", "rk4", "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "method='rk4' is a fixed-grid solver and needs steps" in capsys.readouterr().err
 
 
 def test_missing_checkpoint_is_reported(tmp_path, capsys):

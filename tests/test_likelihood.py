@@ -115,6 +115,35 @@ def test_mixture_reference_and_exact_density(dim, name):
     assert (res32.log_p.double() - ref).abs().max() / dim < 1e-3
 
 
+@pytest.mark.parametrize("name", ["vp", "cosine"])
+@pytest.mark.parametrize("method, order, stages", [("euler", 1, 1), ("midpoint", 2, 2), ("heun2", 2, 2),
+                                                   ("heun3", 3, 3), ("rk4", 4, 4)])
+def test_fixed_grid_solvers_converge_at_their_order(name, method, order, stages):
+    """Gaussian data, closed-form log-likelihood: halving the step divides the error by 2^order
+    (measured 0.99, 2.02, 2.02-2.04, 2.97-2.98, 4.02-4.05 from 64 to 128 steps), at steps * stages NFE."""
+    sde, m, s = SDES[name](), 0.7, 0.3
+    torch.manual_seed(0)
+    x = m + s * torch.randn(32, 3, dtype=torch.float64)
+    truth, _ = gaussian_flow_truth(sde, x, m, s)
+    errors = []
+    for steps in (64, 128):
+        res = log_likelihood(gaussian_score_fn(sde, m, s), sde, x, method=method, steps=steps)
+        assert res.nfe == steps * stages
+        errors.append((res.log_p - truth).abs().max().item())
+    assert abs(math.log2(errors[0] / errors[1]) - order) < 0.15, errors
+
+
+def test_fixed_grid_rk4_on_a_mixture_matches_the_reference():
+    """2-D ring under VP, 32 rk4 steps uniform in t (128 NFE): within 1e-3 nats per dimension of the
+    tight reference (measured max 3.4e-4 at 24 steps on 1000 points); the log-SNR grid is worse."""
+    sde, gm = VPSDE(), mixture(2)
+    x, _ = gm.sample(64, torch.Generator().manual_seed(5))
+    ref, _ = reference_log_likelihood(gm, sde, x)
+    errors = {schedule: (log_likelihood(gm.score_fn(sde), sde, x, method="rk4", steps=32, schedule=schedule).log_p
+                         - ref).abs().max().item() for schedule in ("uniform_t", "log_snr")}
+    assert errors["uniform_t"] / 2 < 1e-3 and errors["uniform_t"] < errors["log_snr"], errors
+
+
 @pytest.mark.parametrize("chunked", [False, True])
 def test_exact_divergence_matches_closed_form(monkeypatch, chunked):
     if chunked:  # force the D vector-Jacobian products into several chunks
@@ -225,8 +254,18 @@ def test_bad_input_is_reported():
             log_likelihood(score, sde, x, **kw)
     with pytest.raises(ValueError, match="eps"):
         log_likelihood(score, sde, x, eps=1.0)
-    with pytest.raises(ValueError, match="adaptive"):
+    with pytest.raises(ValueError, match=r"method='rk45' is not allowed: use an adaptive torchdiffeq solver.*"
+                                         r"or a fixed-grid one with steps"):
+        log_likelihood(score, sde, x, method="rk45")
+    with pytest.raises(ValueError, match="method='rk4' is a fixed-grid solver and needs steps"):
         log_likelihood(score, sde, x, method="rk4")
+    with pytest.raises(ValueError, match="steps=8 is not allowed with the adaptive method='dopri5'"):
+        log_likelihood(score, sde, x, steps=8)
+    for steps in (0, 2.5, True):
+        with pytest.raises((ValueError, TypeError), match="steps"):
+            log_likelihood(score, sde, x, method="rk4", steps=steps)
+    with pytest.raises(ValueError, match="steps=4 is too many for torch.float32"):
+        log_likelihood(score, sde, x.float(), method="rk4", steps=4, eps=1 - 1e-7)
     with pytest.raises(ValueError, match="trace"):
         log_likelihood(score, sde, x, trace="hutchinson-skilling")
     with pytest.raises(ValueError, match="probes"):

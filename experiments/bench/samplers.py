@@ -22,6 +22,13 @@ The second peer is diffusers' UniPCMultistepScheduler (bh2, data prediction, low
 steps) on the same Karras grid: it works in VP coordinates x_vp = x~ / sqrt(1 + sigma~^2), in which
 every kernel SDE's flow is again the same ODE; its sigmas are set to that grid (diffusers has no
 EDM variant of UniPC), with the model output D (prediction_type "sample").
+
+"unipc calibrated" is `unipc` on a grid fitted by `scoresde.calibrate_schedule` (--calibrate-nfes,
+default 10 and 20) to a separate pool of --calibration-pool prior draws (seed 11; the measured x_T
+use seed 1), each fitting run on a stratified batch of --calibration-samples of them; its fitting
+time is printed. As an ablation, "ablation: diffusers
+unipc_3 on our grid" runs the UniPC peer on that same fitted grid (not counted as a peer: the grid is
+ours, fitted for our solver).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from torchdiffeq import odeint
 
 from scoresde.analytic import GaussianMixture
 from scoresde.metrics import sliced_wasserstein
-from scoresde.sampling import sample, tweedie_denoise
+from scoresde.sampling import calibrate_schedule, sample, tweedie_denoise
 from scoresde.sdes import VESDE, VPSDE
 
 EPS = 1e-3
@@ -82,15 +89,16 @@ def karras_sigmas(smax: float, smin: float, n: int, rho: float = 7.0) -> torch.T
     return (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
 
 
-def peer_unipc(score, sde, x_T, nfe: int, order: int):
-    """diffusers' UniPC (bh2, x0 prediction) on the Karras grid of sigma~ from sigma~(T) to sigma~(eps)."""
+def peer_unipc(score, sde, x_T, nfe: int, order: int, times=None):
+    """diffusers' UniPC (bh2, x0 prediction) on the Karras grid of sigma~ from sigma~(T) to sigma~(eps),
+    or on the grid of sigma~(t) for the nfe given times T > ... > eps."""
     from diffusers import UniPCMultistepScheduler
     tt = torch.tensor([sde.T, EPS], dtype=torch.float64)
     smax, smin = (sde.sigma(tt) / sde.alpha(tt)).tolist()
     sch = UniPCMultistepScheduler(solver_order=order, prediction_type="sample", predict_x0=True,
                                   solver_type="bh2", lower_order_final=True, final_sigmas_type="zero")
     sch.set_timesteps(nfe)  # nfe steps; the timesteps only index them, the sigmas are replaced:
-    sig = karras_sigmas(smax, smin, nfe)
+    sig = karras_sigmas(smax, smin, nfe) if times is None else (sde.sigma(times) / sde.alpha(times)).double()
     sch.sigmas = torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
     sch.set_begin_index(0)
     x = x_T / (sde.alpha(tt[:1]) * math.sqrt(1 + smax ** 2))  # x_vp = x~ / sqrt(1 + sigma~^2)
@@ -137,7 +145,8 @@ def errors(x, ref):
     return per_sample.mean().sqrt().item(), per_sample.median().sqrt().item()
 
 
-def run_accuracy(nfes, n_samples, rows):
+def run_accuracy(nfes, n_samples, rows, calibrate_nfes=(), n_calibration=2000, calibration_evals=1500,
+                 calibration_pool=16000):
     print(f"{'case':22s} {'method':24s} {'NFE':>5s} {'wall s':>7s} {'error':>10s}      {'median':>9s}")
     for mix_name, mix in mixtures().items():
         for sde in (VPSDE(), VESDE()):
@@ -151,6 +160,8 @@ def run_accuracy(nfes, n_samples, rows):
             sw_gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
             floor = sliced_wasserstein(true_a, true_b, generator=sw_gen())
             print(f"{case:22s} {'(SW noise floor)':24s} {'':>5s} {'':>7s} {floor:10.4f}")
+            x_cal = sde.prior_sampling((max(calibration_pool, n_calibration), mix.dim),
+                                       generator=torch.Generator().manual_seed(11), dtype=torch.float64)
             for budget in nfes + ("default",):
                 entries = []
                 for name, method, opts, steps_of in OURS_DET + OURS_STOCH:
@@ -165,6 +176,21 @@ def run_accuracy(nfes, n_samples, rows):
                     det = (name, method, opts, steps_of) in OURS_DET
                     err, med = errors(x, ref) if det else (sliced_wasserstein(x, true_a, generator=sw_gen()), None)
                     entries.append((name + (" (default)" if budget == "default" else ""), info.nfe, wall, err, med))
+                if budget in calibrate_nfes:
+                    cal, fit_wall = timed(lambda: calibrate_schedule(score, sde, x_cal, method="unipc",
+                                                                     steps=budget - 1, eps=EPS,
+                                                                     max_evals=calibration_evals,
+                                                                     batch=n_calibration,
+                                                                     generator=torch.Generator().manual_seed(0)))
+                    print(f"{case:22s} (unipc calibrated: fitted in {fit_wall:.0f} s, {cal.evals} runs on "
+                          f"{n_calibration} of {x_cal.shape[0]} draws; calibration RMS {cal.error:.3e}, "
+                          f"from {cal.start} {cal.start_error:.3e}; "
+                          f"grid t = {[round(t, 4) for t in cal.times.tolist()]})")
+                    (x, info), wall = timed(lambda: sample(score, sde, method="unipc", x_T=x_T, eps=EPS,
+                                                           schedule=cal.times, return_info=True))
+                    entries.append(("unipc calibrated", info.nfe, wall, *errors(x, ref)))
+                    x, wall = timed(lambda: peer_unipc(score, sde, x_T, budget, 3, times=cal.times))
+                    entries.append(("ablation: diffusers unipc_3 on our grid", budget, wall, *errors(x, ref)))
                 if budget != "default":
                     for name, peer, order in PEERS:
                         x, wall = timed(lambda: peer(score, sde, x_T, budget, order))
@@ -177,22 +203,27 @@ def run_accuracy(nfes, n_samples, rows):
 
 
 def summary(rows, nfes):
-    """Per case and NFE: our default (unipc), our best, the best peer; ratios peer / ours (RMS and median)."""
-    print(f"\n{'case':14s} {'NFE':>4s} {'unipc (default)':>16s} {'our best':>28s} {'best peer':>30s} "
-          f"{'peer/default':>12s} {'peer/best':>9s} {'median: peer/default':>20s}")
+    """Per case and NFE: our default (unipc), unipc calibrated, our best, the best peer, and the
+    ratios best peer / ours (RMS; the last column medians, peer / calibrated or else / default)."""
+    print(f"\n{'case':14s} {'NFE':>4s} {'unipc':>10s} {'calibrated':>10s} {'our best':>28s} {'best peer':>30s} "
+          f"{'peer/unipc':>10s} {'peer/calib':>10s} {'peer/best':>9s} {'median ratio':>12s} {'ablation':>9s}")
     for case in dict.fromkeys(r[0] for r in rows):
         for n in nfes:
             det = [r for r in rows if r[0] == case and r[2] == n and r[5] == "rms"]
             peers = [r for r in det if r[1].startswith("diffusers")]
-            ours = [r for r in det if not r[1].startswith("diffusers")]
+            ours = [r for r in det if not r[1].startswith(("diffusers", "ablation"))]
             if not peers or not ours:
                 continue
             default = next(r for r in ours if r[1] == "unipc")
+            calib = next((r for r in ours if r[1] == "unipc calibrated"), None)
+            ablation = next((r for r in det if r[1].startswith("ablation")), None)
             best, peer = min(ours, key=lambda r: r[4]), min(peers, key=lambda r: r[4])
             peer_med = min(r[6] for r in peers)
-            print(f"{case:14s} {n:4d} {default[4]:16.3e} {best[1]:>18s} {best[4]:9.3e} {peer[1]:>20s} "
-                  f"{peer[4]:9.3e} {peer[4] / default[4]:12.2f} {peer[4] / best[4]:9.2f} "
-                  f"{peer_med / default[6]:20.2f}")
+            nan = float("nan")
+            print(f"{case:14s} {n:4d} {default[4]:10.3e} {calib[4] if calib else nan:10.3e} {best[1]:>18s} "
+                  f"{best[4]:9.3e} {peer[1]:>20s} {peer[4]:9.3e} {peer[4] / default[4]:10.2f} "
+                  f"{peer[4] / calib[4] if calib else nan:10.2f} {peer[4] / best[4]:9.2f} "
+                  f"{peer_med / (calib or default)[6]:12.2f} {ablation[4] if ablation else nan:9.3e}")
 
 
 def plot(rows, path):
@@ -202,7 +233,7 @@ def plot(rows, path):
     cases = sorted({r[0] for r in rows})
     fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 3.6), squeeze=False)
     for ax, case in zip(axes[0], cases):
-        for name in ["ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ode rk4 log_snr",
+        for name in ["ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "unipc calibrated", "ode rk4 log_snr",
                      "diffusers dpmpp_2m", "diffusers dpmpp_3m", "diffusers unipc_3"]:
             pts = sorted((r[2], r[4]) for r in rows if r[0] == case and r[1] == name)
             if pts:
@@ -222,13 +253,19 @@ def main():
     p.add_argument("--quick", action="store_true", help="NFE 10 and 20 only, fewer samples")
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--plot", default=None, help="write the error-vs-NFE plot here")
+    p.add_argument("--calibrate-nfes", type=int, nargs="*", default=[10, 20],
+                   help="NFE budgets at which to fit a unipc grid (default 10 20; none: skip)")
+    p.add_argument("--calibration-samples", type=int, default=2000, help="fitting batch size")
+    p.add_argument("--calibration-pool", type=int, default=16000, help="prior draws the batch is stratified from")
+    p.add_argument("--calibration-evals", type=int, default=1500, help="solver runs each fit may spend")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}")
     rows = []
     nfes = (10, 20) if args.quick else NFES
-    run_accuracy(nfes, 500 if args.quick else args.samples, rows)
+    run_accuracy(nfes, 500 if args.quick else args.samples, rows, tuple(args.calibrate_nfes),
+                 args.calibration_samples, args.calibration_evals, args.calibration_pool)
     summary(rows, nfes)
     if args.plot:
         plot(rows, args.plot)

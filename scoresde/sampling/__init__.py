@@ -19,6 +19,7 @@ import torch
 from ..registry import Registry
 from ..sdes.base import (MIN_EPS, check_data, check_generator, check_kwargs, check_positive_finite,
                          check_sde, check_shape, check_steps)
+from .calibration import CalibratedSchedule, calibrate_schedule
 from .denoise import tweedie_denoise
 from .exponential import ddim, dpmpp_2m, dpmpp_3m
 from .guidance import (ClassifierFreeGuidance, ClassifierGuidance, GradientGuidance, Guidance,
@@ -124,6 +125,8 @@ def sample(score_fn, sde, shape=None, *, method: str, steps: int | None = None, 
                  reserved=("score_fn", "sde", "x", "steps", "eps", "generator", "progress", "project"))
     if steps is not None:
         steps = check_steps("steps", steps)
+    elif torch.is_tensor(method_options.get("schedule")):  # an explicit grid fixes the step count
+        steps = max(1, method_options["schedule"].numel() - 1)
     eps = check_positive_finite("eps", eps)
     if not MIN_EPS <= eps < sde.T:
         raise ValueError(f"eps={eps!r} is not allowed: it must lie in [{MIN_EPS:g}, T={sde.T}) "
@@ -154,6 +157,6 @@ def sample(score_fn, sde, shape=None, *, method: str, steps: int | None = None, 
     return x, info
 
 
-__all__ = ["sample", "METHODS", "register_sampler", "list_samplers", "SamplingInfo", "time_grid",
-           "SCHEDULES", "tweedie_denoise", "Guidance", "GuidanceSum", "ClassifierGuidance",
+__all__ = ["sample", "calibrate_schedule", "CalibratedSchedule", "METHODS", "register_sampler", "list_samplers",
+           "SamplingInfo", "time_grid", "SCHEDULES", "tweedie_denoise", "Guidance", "GuidanceSum", "ClassifierGuidance",
            "ClassifierFreeGuidance", "GradientGuidance", "Inpainting"]

@@ -7,7 +7,9 @@
                  sigma~_i = (smax^(1/rho) + i/n (smin^(1/rho) - smax^(1/rho)))^rho
                  (Karras et al. 2022, eq. 5), mapped to t through the SDE's log-SNR inverse.
 
-All grids are float64 and work for any SDE exposing `log_snr` and `t_of_log_snr`.
+All grids are float64 and work for any SDE exposing `log_snr` and `t_of_log_snr`. A sampler's
+`schedule` may also be an explicit grid, a 1-D tensor T = t_0 > ... > t_steps = eps, such as the one
+`calibrate_schedule` (calibration.py) fits to a score model.
 """
 
 from __future__ import annotations
@@ -56,11 +58,32 @@ SCHEDULES = Registry("schedule", "scoresde.schedules",
                      builtins={"uniform_t": uniform_t, "log_snr": log_snr, "karras": karras})
 
 
-def time_grid(sde, steps: int, eps: float, schedule: str = "uniform_t", **kwargs) -> torch.Tensor:
-    """The (steps + 1,) float64 grid T = t_0 > ... > t_steps = eps of the named schedule."""
+def time_grid(sde, steps: int, eps: float, schedule: str | torch.Tensor = "uniform_t", **kwargs) -> torch.Tensor:
+    """The (steps + 1,) float64 grid T = t_0 > ... > t_steps = eps of the named schedule, or the
+    explicit grid `schedule` itself after checking its length, ends and order."""
     steps = check_steps("steps", steps)
+    if torch.is_tensor(schedule):
+        return _explicit_grid(sde, steps, eps, schedule)
     grid = SCHEDULES.get(schedule)(sde, steps, eps, **kwargs)
     if not bool((grid[1:] < grid[:-1]).all()):
         raise ValueError(f"schedule {schedule!r} gave a time grid that is not strictly decreasing "
                          f"(steps={steps}, eps={eps}); use fewer steps or a larger eps")
+    return grid
+
+
+def _explicit_grid(sde, steps: int, eps: float, grid: torch.Tensor) -> torch.Tensor:
+    """A user-supplied grid as float64, its ends pinned to exactly T and eps (relative slack 1e-6)."""
+    if grid.dim() != 1 or grid.numel() != steps + 1 or not torch.is_floating_point(grid):
+        raise ValueError(f"an explicit schedule must be a 1-D float tensor of steps + 1 = {steps + 1} times "
+                         f"from T down to eps, got dtype {grid.dtype} and shape {tuple(grid.shape)} "
+                         f"(pass steps=len(schedule) - 1)")
+    grid = grid.detach().to("cpu", torch.float64).clone()
+    ends = ((float(grid[0]), sde.T, "T"), (float(grid[-1]), eps, "eps"))
+    for got, want, name in ends:
+        if not abs(got - want) <= 1e-6 * want:
+            raise ValueError(f"an explicit schedule must run from T={sde.T} to eps={eps}: its "
+                             f"{'first' if name == 'T' else 'last'} time is {got:.6g}, not {name}={want:.6g}")
+    grid[0], grid[-1] = sde.T, eps
+    if not bool(torch.isfinite(grid).all() and (grid[1:] < grid[:-1]).all()):
+        raise ValueError(f"an explicit schedule must be finite and strictly decreasing, got {grid.tolist()}")
     return grid
