@@ -157,6 +157,6 @@ def sample(score_fn, sde, shape=None, *, method: str, steps: int | None = None, 
     return x, info
 
 
-__all__ = ["sample", "calibrate_schedule", "CalibratedSchedule", "METHODS", "register_sampler", "list_samplers",
-           "SamplingInfo", "time_grid", "SCHEDULES", "tweedie_denoise", "Guidance", "GuidanceSum", "ClassifierGuidance",
-           "ClassifierFreeGuidance", "GradientGuidance", "Inpainting"]
+__all__ = ["sample", "calibrate_schedule", "CalibratedSchedule", "METHODS", "register_sampler",
+           "list_samplers", "SamplingInfo", "time_grid", "SCHEDULES", "tweedie_denoise", "Guidance",
+           "GuidanceSum", "ClassifierGuidance", "ClassifierFreeGuidance", "GradientGuidance", "Inpainting"]
