@@ -124,7 +124,7 @@ def calibrate_schedule(score_fn, sde, x_T: torch.Tensor, *, method: str = "unipc
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=max_evals, desc=f"calibrating {method} ({steps} steps)", leave=False)
-    best = [rms(starts[start]), starts[start]]
+    best = [math.sqrt(float((weights * start_sq[start][idx]).sum())), starts[start]]  # its run is done
 
     def objective(theta: np.ndarray) -> float:
         try:
@@ -145,7 +145,7 @@ def calibrate_schedule(score_fn, sde, x_T: torch.Tensor, *, method: str = "unipc
                    options={"maxfev": max_evals, "xtol": 1e-2, "ftol": 1e-3})
     if bar is not None:
         bar.close()
-    return CalibratedSchedule(best[1], best[0], start, start_errors[start], int(res.nfev) + len(starts) + 1)
+    return CalibratedSchedule(best[1], best[0], start, start_errors[start], int(res.nfev) + len(starts))
 
 
 def _stratified_batch(errors: torch.Tensor, batch: int, generator: torch.Generator | None):
