@@ -77,7 +77,9 @@ class GaussianMixture:
         """log w_k + log N(x; alpha mu_k, v_k I), shape (B, K)."""
         xf = x.flatten(1).to(self.means.dtype)
         alpha, var = self._moments(sde, t)
-        sq = (xf[:, None, :] - alpha[:, None, None] * self.means[None]).pow(2).sum(-1)
+        # ||x - alpha mu_k||^2 = ||x||^2 - 2 alpha x.mu_k + alpha^2 ||mu_k||^2, as one matmul
+        sq = (xf.pow(2).sum(1, keepdim=True) - 2 * alpha[:, None] * (xf @ self.means.T)
+              + alpha[:, None] ** 2 * self.means.pow(2).sum(1)[None]).clamp_min(0)
         return torch.log(self.weights)[None] - 0.5 * (self.dim * torch.log(2 * math.pi * var) + sq / var)
 
     def log_prob(self, x: torch.Tensor, t: torch.Tensor, sde) -> torch.Tensor:
@@ -99,9 +101,8 @@ class GaussianMixture:
         """grad_x log p_t(x) = sum_k r_k (alpha mu_k - x) / v_k."""
         xf = x.flatten(1).to(self.means.dtype)
         alpha, var = self._moments(sde, t)
-        r = torch.softmax(self.component_log_prob(x, t, sde), dim=1)
-        diff = alpha[:, None, None] * self.means[None] - xf[:, None, :]
-        s = (r[:, :, None] * diff / var[:, :, None]).sum(1)
+        r_over_v = torch.softmax(self.component_log_prob(x, t, sde), dim=1) / var  # r_k / v_k, (B, K)
+        s = alpha[:, None] * (r_over_v @ self.means) - r_over_v.sum(1, keepdim=True) * xf
         return s.reshape(x.shape).to(x.dtype)
 
     def score_fn(self, sde, component: int | None = None):

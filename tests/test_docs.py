@@ -434,6 +434,15 @@ def test_code_links_point_at_existing_definitions(doc):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("doc", [d.relative_to(REPO).as_posix() for d in DOCS])
+def test_docs_hold_no_control_characters(doc):
+    """No control characters, tabs included (a Python string written without r"" turns \\frac into
+    a form feed and "rac", \\theta into a tab and "heta")."""
+    bad = [(lineno, repr(ch)) for lineno, line in enumerate((REPO / doc).read_text().split("\n"), 1)
+           for ch in line if ord(ch) < 32]
+    assert not bad, f"{doc}: control characters at (line, char) {bad[:10]}"
+
+
 def test_directive_grammar_examples():
     """The parser itself: directives attach to the next fence, append respects comments."""
     doc = REPO / "README.md"

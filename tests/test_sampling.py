@@ -270,6 +270,7 @@ def _score(x, t):
     ({"method": "pc", "predictor": "foo"}, ValueError, "unknown predictor"),
     ({"method": "dpmpp_2m", "schedule": "cosine"}, ValueError, "unknown schedule"),
     ({"method": "pc", "snr": -1}, ValueError, "snr"),
+    ({"method": "unipc", "order": 5}, ValueError, r"order=5 is not allowed.*1, 2, 3, 4"),
     ({"method": "ddim", "guidance": lambda x, t: x[:, :1]}, ValueError, "shaped like x"),
     ({"method": "ddim", "guidance": lambda x, t: x * float("nan")}, ValueError, "non-finite"),
     ({"method": "ddim", "guidance": 3}, TypeError, "guidance"),

@@ -78,8 +78,24 @@ def test_stratified_batch_is_an_unbiased_estimate_of_the_pool_mean_for_any_grid(
     assert abs(estimates.mean() - f.mean()) < 4 * se, (estimates.mean(), f.mean(), se)
     assert estimates.std() < plain.std(), (estimates.std(), plain.std())
     idx, w = _stratified_batch(e, 2000, None)  # the whole pool: every draw once, equal weights
-    assert torch.equal(idx, torch.arange(2000))
+    assert torch.equal(idx.sort().values, torch.arange(2000))
     assert torch.allclose(w, torch.full((2000,), 1 / 2000, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ["vp", "ve"])
+def test_proxy_ranked_batch_estimates_the_start_grids_error_over_the_whole_pool(name):
+    """With batch < pool the pool is ranked against the fine-grid proxy and the reference runs on the
+    batch alone; the start grid's error estimated on that batch matches its true RMS over all
+    3000 draws against the exact map (measured ratio 0.97-0.98 for this batch seed on three pools;
+    over 200 batch seeds the squared estimate averages 0.997 of the truth; allowed: 10%)."""
+    sde = SDES[name]
+    score = RING.score_fn(sde)
+    pool = draws(sde, 3000, 3)
+    fit = calibrate_schedule(score, sde, pool, method="unipc", steps=5, eps=EPS, max_evals=5, batch=400,
+                             generator=torch.Generator().manual_seed(0))
+    start = sample(score, sde, method="unipc", steps=5, x_T=pool, eps=EPS, schedule=fit.start)
+    true_rms = rms(start, exact_map(score, sde, pool))
+    assert abs(fit.start_error / true_rms - 1) < 0.10, (fit.start_error, true_rms)
 
 
 def test_explicit_grid_reproduces_the_named_schedule_and_sets_the_step_count():

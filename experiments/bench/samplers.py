@@ -4,6 +4,9 @@ beside diffusers' DPM-Solver++ (2M, 3M) and UniPC (2, 3) driven by the same scor
 
     python experiments/bench/samplers.py [--quick] [--plot docs/samplers_error_vs_nfe.png]
 
+Parts can run side by side (--mixtures 64d-mix8 --sdes VE > ve.txt, ...) and be summarized and
+plotted together afterwards: samplers.py --from-logs 2d.txt vp.txt ve.txt --plot FILE.png.
+
 Cases: 2-D ring of 8 Gaussians and a 64-D mixture of 8 (random means), under VP and VE.
 Deterministic solvers: RMS error (over samples and coordinates) of the final denoised sample
 against the exact map x_T -> x0_hat, i.e. a dopri8 solve of the probability-flow ODE at rtol =
@@ -26,8 +29,9 @@ EDM variant of UniPC), with the model output D (prediction_type "sample").
 "unipc calibrated" is `unipc` on a grid fitted by `scoresde.calibrate_schedule` (--calibrate-nfes,
 default 10 and 20) to a separate pool of --calibration-pool prior draws (seed 11; the measured x_T
 use seed 1), each fitting run on a stratified batch of --calibration-samples of them; its fitting
-time is printed. As an ablation, "ablation: diffusers
-unipc_3 on our grid" runs the UniPC peer on that same fitted grid (not counted as a peer: the grid is
+time is printed. "unipc-4 calibrated" is the same for predictor order 4 (--calibrate-orders).
+The summary's "calibrated" column is the better of the two. As an ablation, "ablation: diffusers
+unipc_3 on our grid" runs the UniPC peer on the order-3 fitted grid (not counted as a peer: the grid is
 ours, fitted for our solver).
 """
 
@@ -36,7 +40,9 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import re
 import time
+from pathlib import Path
 
 import torch
 from torchdiffeq import odeint
@@ -56,10 +62,15 @@ def mixtures():
             "64d-mix8": GaussianMixture(torch.randn(8, 64, generator=g, dtype=torch.float64) * 1.5, 0.5)}
 
 
-def reference(score, sde, x_T):
+def reference(score, sde, x_T, chunk=1000):
+    """The exact map, solved `chunk` draws at a time (the step control sees fewer draws at once)."""
     flow = sde.reverse(score, probability_flow=True)
-    x = odeint(flow, x_T, torch.tensor([sde.T, EPS], dtype=torch.float64), method="dopri8", rtol=1e-11, atol=1e-11)[-1]
-    return tweedie_denoise(score, sde, x, torch.full((x.shape[0],), EPS, dtype=x.dtype))
+    out = []
+    for x in x_T.split(chunk):
+        x = odeint(flow, x, torch.tensor([sde.T, EPS], dtype=torch.float64), method="dopri8",
+                   rtol=1e-11, atol=1e-11)[-1]
+        out.append(tweedie_denoise(score, sde, x, torch.full((x.shape[0],), EPS, dtype=x.dtype)))
+    return torch.cat(out)
 
 
 def peer_dpmpp(score, sde, x_T, nfe: int, order: int):
@@ -145,11 +156,17 @@ def errors(x, ref):
     return per_sample.mean().sqrt().item(), per_sample.median().sqrt().item()
 
 
+def calibrated_name(order: int) -> str:
+    return "unipc calibrated" if order == 3 else f"unipc-{order} calibrated"
+
+
 def run_accuracy(nfes, n_samples, rows, calibrate_nfes=(), n_calibration=2000, calibration_evals=1500,
-                 calibration_pool=16000):
+                 calibration_pool=128000, calibrate_orders=(3, 4), cases=None, sdes=("VP", "VE")):
     print(f"{'case':22s} {'method':24s} {'NFE':>5s} {'wall s':>7s} {'error':>10s}      {'median':>9s}")
     for mix_name, mix in mixtures().items():
-        for sde in (VPSDE(), VESDE()):
+        if cases is not None and mix_name not in cases:
+            continue
+        for sde in [{"VP": VPSDE, "VE": VESDE}[name]() for name in sdes]:
             case = f"{mix_name} {type(sde).__name__[:2]}"
             score = mix.score_fn(sde)
             n = n_samples if mix.dim == 2 else n_samples // 2
@@ -176,21 +193,22 @@ def run_accuracy(nfes, n_samples, rows, calibrate_nfes=(), n_calibration=2000, c
                     det = (name, method, opts, steps_of) in OURS_DET
                     err, med = errors(x, ref) if det else (sliced_wasserstein(x, true_a, generator=sw_gen()), None)
                     entries.append((name + (" (default)" if budget == "default" else ""), info.nfe, wall, err, med))
-                if budget in calibrate_nfes:
+                for order in calibrate_orders if budget in calibrate_nfes else ():
                     cal, fit_wall = timed(lambda: calibrate_schedule(score, sde, x_cal, method="unipc",
-                                                                     steps=budget - 1, eps=EPS,
+                                                                     steps=budget - 1, eps=EPS, order=order,
                                                                      max_evals=calibration_evals,
                                                                      batch=n_calibration,
                                                                      generator=torch.Generator().manual_seed(0)))
-                    print(f"{case:22s} (unipc calibrated: fitted in {fit_wall:.0f} s, {cal.evals} runs on "
+                    print(f"{case:22s} ({calibrated_name(order)}: fitted in {fit_wall:.0f} s, {cal.evals} runs on "
                           f"{n_calibration} of {x_cal.shape[0]} draws; calibration RMS {cal.error:.3e}, "
                           f"from {cal.start} {cal.start_error:.3e}; "
-                          f"grid t = {[round(t, 4) for t in cal.times.tolist()]})")
-                    (x, info), wall = timed(lambda: sample(score, sde, method="unipc", x_T=x_T, eps=EPS,
+                          f"grid t = {cal.times.tolist()})")  # in full: a rounded grid is another grid
+                    (x, info), wall = timed(lambda: sample(score, sde, method="unipc", x_T=x_T, eps=EPS, order=order,
                                                            schedule=cal.times, return_info=True))
-                    entries.append(("unipc calibrated", info.nfe, wall, *errors(x, ref)))
-                    x, wall = timed(lambda: peer_unipc(score, sde, x_T, budget, 3, times=cal.times))
-                    entries.append(("ablation: diffusers unipc_3 on our grid", budget, wall, *errors(x, ref)))
+                    entries.append((calibrated_name(order), info.nfe, wall, *errors(x, ref)))
+                    if order == 3:
+                        x, wall = timed(lambda: peer_unipc(score, sde, x_T, budget, 3, times=cal.times))
+                        entries.append(("ablation: diffusers unipc_3 on our grid", budget, wall, *errors(x, ref)))
                 if budget != "default":
                     for name, peer, order in PEERS:
                         x, wall = timed(lambda: peer(score, sde, x_T, budget, order))
@@ -200,6 +218,21 @@ def run_accuracy(nfes, n_samples, rows, calibrate_nfes=(), n_calibration=2000, c
                     print(f"{case:22s} {name:24s} {nfe:5d} {wall:7.3f} {err:10.3e} {kind}" +
                           ("" if med is None else f"  {med:9.3e}"))
                     rows.append((case, name, nfe, wall, err, kind, med))
+
+
+ROW = re.compile(r"^(\S+ V[PE]) +(\S.*?) +(\d+) +([\d.]+) +(\S+) (rms|sw)(?: +(\S+))?$")
+
+
+def rows_from_logs(paths):
+    """The result rows printed by earlier runs (e.g. one per --mixtures / --sdes part), in order."""
+    rows = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            m = ROW.match(line)
+            if m and not m.group(2).startswith("("):
+                case, name, nfe, wall, err, kind, med = m.groups()
+                rows.append((case, name, int(nfe), float(wall), float(err), kind, float(med) if med else None))
+    return rows
 
 
 def summary(rows, nfes):
@@ -215,7 +248,7 @@ def summary(rows, nfes):
             if not peers or not ours:
                 continue
             default = next(r for r in ours if r[1] == "unipc")
-            calib = next((r for r in ours if r[1] == "unipc calibrated"), None)
+            calib = min((r for r in ours if r[1].endswith("calibrated")), key=lambda r: r[4], default=None)
             ablation = next((r for r in det if r[1].startswith("ablation")), None)
             best, peer = min(ours, key=lambda r: r[4]), min(peers, key=lambda r: r[4])
             peer_med = min(r[6] for r in peers)
@@ -233,8 +266,8 @@ def plot(rows, path):
     cases = sorted({r[0] for r in rows})
     fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 3.6), squeeze=False)
     for ax, case in zip(axes[0], cases):
-        for name in ["ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "unipc calibrated", "ode rk4 log_snr",
-                     "diffusers dpmpp_2m", "diffusers dpmpp_3m", "diffusers unipc_3"]:
+        for name in ["ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "unipc calibrated", "unipc-4 calibrated",
+                     "ode rk4 log_snr", "diffusers dpmpp_2m", "diffusers dpmpp_3m", "diffusers unipc_3"]:
             pts = sorted((r[2], r[4]) for r in rows if r[0] == case and r[1] == name)
             if pts:
                 ax.loglog(*zip(*pts), "o--" if name.startswith("diffusers") else "o-", label=name, ms=3)
@@ -256,16 +289,28 @@ def main():
     p.add_argument("--calibrate-nfes", type=int, nargs="*", default=[10, 20],
                    help="NFE budgets at which to fit a unipc grid (default 10 20; none: skip)")
     p.add_argument("--calibration-samples", type=int, default=2000, help="fitting batch size")
-    p.add_argument("--calibration-pool", type=int, default=16000, help="prior draws the batch is stratified from")
+    p.add_argument("--calibration-pool", type=int, default=128000, help="prior draws the batch is stratified from")
+    p.add_argument("--calibrate-orders", type=int, nargs="+", default=[3, 4], help="unipc orders to fit grids for")
+    p.add_argument("--mixtures", nargs="+", default=None, help="which mixtures (default: all of them)")
+    p.add_argument("--sdes", nargs="+", default=["VP", "VE"], choices=["VP", "VE"], help="which SDEs (default: both)")
     p.add_argument("--calibration-evals", type=int, default=1500, help="solver runs each fit may spend")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
+    p.add_argument("--from-logs", nargs="+", default=None, metavar="LOG",
+                   help="run nothing: the summary (and --plot) of the rows in these saved outputs")
     args = p.parse_args()
+    nfes = (10, 20) if args.quick else NFES
+    if args.from_logs:
+        rows = rows_from_logs(args.from_logs)
+        summary(rows, nfes)
+        if args.plot:
+            plot(rows, args.plot)
+        return
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}")
     rows = []
-    nfes = (10, 20) if args.quick else NFES
     run_accuracy(nfes, 500 if args.quick else args.samples, rows, tuple(args.calibrate_nfes),
-                 args.calibration_samples, args.calibration_evals, args.calibration_pool)
+                 args.calibration_samples, args.calibration_evals, args.calibration_pool,
+                 tuple(args.calibrate_orders), args.mixtures, tuple(args.sdes))
     summary(rows, nfes)
     if args.plot:
         plot(rows, args.plot)

@@ -32,10 +32,17 @@ off raised the error 8-30x on uniform-t VP grids, and 1.3-2.6x on Karras grids a
 NFE 20). The last step is not corrected: its new evaluation would be at t = eps, which `sample`
 spends on the final Tweedie step.
 
-Defaults: order 3 (order 4 with the corrector), 20 steps, schedule 'log_snr'. The log-SNR grid
-depends only on the kernel's SNR range, not on how an SDE parametrizes t, so a plugin or a learned
-schedule gets the same grid as a VP SDE with the same SNR range ('uniform_t' depends on that
-parametrization: for the linear-beta VP SDE it spends most steps at high noise).
+Defaults: order 3 (order 4 with the corrector), 20 steps, schedule 'log_snr'. Order 4 (5 with
+the corrector) is for grids of about 20 steps or more: on the 64-D benchmark mixture at NFE 20 it
+ended 25-40% fewer of 16000 trajectories near the wrong mode than order 3, on each built-in grid,
+VP and VE; at NFE 10 it was mixed (10-27% fewer on VP's log-SNR and uniform-t grids, 4% more on
+VE's) and far worse on the VE Karras grid (6832 such trajectories against 44; docs/benchmarks.md).
+Order 5, tried in a development run, broke down on 5 of the 6 built-in NFE-10 grids (1224-10104
+of the 16000 far), so 4 is the limit.
+
+The log-SNR grid depends only on the kernel's SNR range, not on how an SDE parametrizes t, so a
+plugin or a learned schedule gets the same grid as a VP SDE with the same SNR range ('uniform_t'
+depends on that parametrization: for the linear-beta VP SDE it spends most steps at high noise).
 """
 
 from __future__ import annotations
@@ -77,8 +84,8 @@ def unipc(score_fn, sde, x, *, steps=None, eps, generator, progress, project, or
     steps (default 20) on `time_grid(sde, steps, eps, schedule)` ('log_snr', 'uniform_t', or
     'karras' with rho); NFE = steps (+1 for `sample`'s final Tweedie step). See the module docstring.
     """
-    if order not in (1, 2, 3):
-        raise ValueError(f"order={order!r} is not allowed: unipc supports predictor orders 1, 2, 3")
+    if order not in (1, 2, 3, 4):
+        raise ValueError(f"order={order!r} is not allowed: unipc supports predictor orders 1, 2, 3, 4")
     if not hasattr(sde, "log_snr"):
         raise ValueError(f"unipc needs a kernel SDE with alpha, sigma and log_snr; {type(sde).__name__} has none")
     steps = steps or 20
