@@ -54,6 +54,7 @@ from scoresde.sdes import VESDE, VPSDE
 
 EPS = 1e-3
 NFES = (10, 20, 50, 100)
+SDES = {"VP": VPSDE, "VE": VESDE}
 
 
 def mixtures():
@@ -160,13 +161,16 @@ def calibrated_name(order: int) -> str:
     return "unipc calibrated" if order == 3 else f"unipc-{order} calibrated"
 
 
+ORDER_OF = {calibrated_name(order): order for order in (1, 2, 3, 4)}  # a row name -> its unipc order
+
+
 def run_accuracy(nfes, n_samples, rows, calibrate_nfes=(), n_calibration=2000, calibration_evals=1500,
                  calibration_pool=128000, calibrate_orders=(3, 4), cases=None, sdes=("VP", "VE")):
     print(f"{'case':22s} {'method':24s} {'NFE':>5s} {'wall s':>7s} {'error':>10s}      {'median':>9s}")
     for mix_name, mix in mixtures().items():
         if cases is not None and mix_name not in cases:
             continue
-        for sde in [{"VP": VPSDE, "VE": VESDE}[name]() for name in sdes]:
+        for sde in [SDES[name]() for name in sdes]:
             case = f"{mix_name} {type(sde).__name__[:2]}"
             score = mix.score_fn(sde)
             n = n_samples if mix.dim == 2 else n_samples // 2
@@ -292,7 +296,7 @@ def main():
     p.add_argument("--calibration-pool", type=int, default=128000, help="prior draws the batch is stratified from")
     p.add_argument("--calibrate-orders", type=int, nargs="+", default=[3, 4], help="unipc orders to fit grids for")
     p.add_argument("--mixtures", nargs="+", default=None, help="which mixtures (default: all of them)")
-    p.add_argument("--sdes", nargs="+", default=["VP", "VE"], choices=["VP", "VE"], help="which SDEs (default: both)")
+    p.add_argument("--sdes", nargs="+", default=list(SDES), choices=list(SDES), help="which SDEs (default: both)")
     p.add_argument("--calibration-evals", type=int, default=1500, help="solver runs each fit may spend")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
     p.add_argument("--from-logs", nargs="+", default=None, metavar="LOG",

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import torch
 
-from samplers import EPS, PEERS, mixtures, reference
+from samplers import EPS, ORDER_OF, PEERS, SDES, mixtures, reference
 from scoresde.sampling import sample
-from scoresde.sdes import VESDE, VPSDE
 
 FAR = 0.5
 
@@ -48,7 +47,7 @@ def main() -> None:
     p.add_argument("--draws", type=int, default=64000)
     p.add_argument("--seed", type=int, default=21)
     p.add_argument("--mixtures", nargs="+", default=list(mixtures()), help="which cases (default: all)")
-    p.add_argument("--sdes", nargs="+", default=["VP", "VE"], choices=["VP", "VE"], help="which SDEs (default: both)")
+    p.add_argument("--sdes", nargs="+", default=list(SDES), choices=list(SDES), help="which SDEs (default: both)")
     p.add_argument("--builtin-orders", type=int, nargs="+", default=[3],
                    help="unipc orders to run on the built-in grids (default 3)")
     p.add_argument("--threads", type=int, default=1)
@@ -58,7 +57,7 @@ def main() -> None:
     summary = []
     for mix_name in args.mixtures:
         mix = mixtures()[mix_name]
-        for sde in [{"VP": VPSDE, "VE": VESDE}[name]() for name in args.sdes]:
+        for sde in [SDES[name]() for name in args.sdes]:
             case = f"{mix_name} {type(sde).__name__[:2]}"
             score = mix.score_fn(sde)
             x_T = sde.prior_sampling((args.draws, mix.dim), generator=torch.Generator().manual_seed(args.seed),
@@ -67,7 +66,7 @@ def main() -> None:
             ref = reference(score, sde, x_T)
             print(f"{case}: {args.draws} draws, reference in {time.perf_counter() - t0:.0f} s", flush=True)
             for nfe, grids in sorted(fitted_grids(log, case).items()):
-                runs = [(name, lambda grid=grid, order=order_of(name): sample(score, sde, method="unipc", x_T=x_T,
+                runs = [(name, lambda grid=grid, order=ORDER_OF[name]: sample(score, sde, method="unipc", x_T=x_T,
                                                                                eps=EPS, schedule=grid, order=order))
                         for name, grid in grids.items()]
                 runs += [(f"unipc{'' if o == 3 else f'-{o}'} {s}",
@@ -88,12 +87,6 @@ def main() -> None:
     print(f"\n{'case':12s} {'NFE':>4s} {'grid':>18s} {'RMS':>10s} {'best peer':>30s} {'peer / ours':>12s}")
     for case, nfe, name, ours, peer, theirs in summary:
         print(f"{case:12s} {nfe:4d} {name:>18s} {ours:10.3e} {peer:>20s} {theirs:9.3e} {theirs / ours:12.2f}")
-
-
-def order_of(name: str) -> int:
-    """The unipc order of a calibrated row: "unipc-4 calibrated" -> 4, "unipc calibrated" -> 3."""
-    match = re.match(r"unipc-(\d)", name)
-    return int(match.group(1)) if match else 3
 
 
 if __name__ == "__main__":
