@@ -157,8 +157,13 @@ def errors(x, ref):
     return per_sample.mean().sqrt().item(), per_sample.median().sqrt().item()
 
 
+def unipc_name(order: int) -> str:
+    """Row-name prefix of `unipc` at `order`: "unipc" for the default 3, else "unipc-4", ..."""
+    return "unipc" if order == 3 else f"unipc-{order}"
+
+
 def calibrated_name(order: int) -> str:
-    return "unipc calibrated" if order == 3 else f"unipc-{order} calibrated"
+    return f"{unipc_name(order)} calibrated"
 
 
 ORDER_OF = {calibrated_name(order): order for order in (1, 2, 3, 4)}  # a row name -> its unipc order

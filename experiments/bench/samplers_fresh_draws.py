@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from samplers import EPS, ORDER_OF, PEERS, SDES, mixtures, reference
+from samplers import EPS, ORDER_OF, PEERS, SDES, mixtures, reference, unipc_name
 from scoresde.sampling import sample
 
 FAR = 0.5
@@ -69,7 +69,7 @@ def main() -> None:
                 runs = [(name, lambda grid=grid, order=ORDER_OF[name]: sample(score, sde, method="unipc", x_T=x_T,
                                                                                eps=EPS, schedule=grid, order=order))
                         for name, grid in grids.items()]
-                runs += [(f"unipc{'' if o == 3 else f'-{o}'} {s}",
+                runs += [(f"{unipc_name(o)} {s}",
                           lambda s=s, o=o: sample(score, sde, method="unipc", steps=nfe - 1, x_T=x_T, eps=EPS,
                                                   schedule=s, order=o))
                          for o in args.builtin_orders for s in ("log_snr", "uniform_t", "karras")]
