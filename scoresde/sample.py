@@ -10,9 +10,8 @@ class-conditional). With --class and --guidance-scale W the score is classifier-
 s_uncond + W (s_cond - s_uncond); with --class alone it is the conditional score.
 
 --calibrate B first fits the deterministic method's time grid for --steps to this model on B prior
-draws (`scoresde.calibrate_schedule`; its cost is about --calibrate-evals runs of the method on B
-draws, or on a stratified batch of --calibrate-batch of them), prints the fitted and the best
-built-in grid's error, samples on the fitted grid and saves it as `times` in the .npz;
+draws (`scoresde.calibrate_schedule`: --calibrate-iterations gradient steps, each on a stratified
+minibatch of --calibrate-batch of the B draws), prints the fitted and the best built-in grid's error, samples on the fitted grid and saves it as `times` in the .npz;
 --times FILE.npz reuses such a grid without fitting again.
 """
 
@@ -46,9 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--options", default="{}", help='method options as JSON, e.g. \'{"schedule": "karras"}\'')
     p.add_argument("--calibrate", type=int, default=None, metavar="B",
                    help="fit the time grid to the model on B prior draws first (deterministic methods)")
-    p.add_argument("--calibrate-evals", type=int, default=1500, help="solver runs the fit may spend (default 1500)")
+    p.add_argument("--calibrate-iterations", type=int, default=600, help="gradient steps of the fit (default 600)")
     p.add_argument("--calibrate-batch", type=int, default=None, metavar="b",
-                   help="fit on a stratified batch of b of the B draws (default: all B)")
+                   help="draws in each step's stratified minibatch (default: min(B, 2000))")
     p.add_argument("--times", default=None, metavar="FILE.npz", help="sample on the grid `times` saved by --calibrate")
     p.add_argument("--out", required=True, help="PNG to write; the samples go to the same name with .npz")
     p.add_argument("--no-progress", action="store_true")
@@ -81,6 +80,9 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError("--calibrate needs --steps: a grid is fitted for one step count")
         if args.times is not None:
             raise ValueError("--calibrate and --times exclude each other: fit a grid or reuse one")
+        if args.calibrate_iterations < 1:
+            raise ValueError(f"--calibrate-iterations {args.calibrate_iterations} is not allowed: it must be "
+                             "a positive number of gradient steps")
     if args.calibrate_batch is not None:
         if args.calibrate is None:
             raise ValueError("--calibrate-batch needs --calibrate B (the pool it is drawn from)")
@@ -172,11 +174,11 @@ def calibrated_times(args, trainer, model, options) -> torch.Tensor:
     x_cal = trainer.sde.prior_sampling((args.calibrate, *trainer.dataset.event_shape),
                                        generator=torch.Generator().manual_seed(args.seed + 1))
     fit = calibrate_schedule(score, trainer.sde, x_cal, method=args.method, steps=args.steps, eps=args.eps,
-                             max_evals=args.calibrate_evals, batch=args.calibrate_batch,
+                             iterations=args.calibrate_iterations, batch=args.calibrate_batch,
                              generator=torch.Generator().manual_seed(args.seed + 2),
                              progress=not args.no_progress, **options)
-    print(f"calibrated {args.method} ({args.steps} steps) on {args.calibrate} draws in {fit.evals} runs: "
-          f"RMS {fit.error:.4g} against the exact flow, {fit.start} grid {fit.start_error:.4g}")
+    print(f"calibrated {args.method} ({args.steps} steps) on {args.calibrate} draws in {fit.iterations} iterations: "
+          f"RMS {fit.error:.4g} against the reference flow, {fit.start} grid {fit.start_error:.4g}")
     return fit.times
 
 

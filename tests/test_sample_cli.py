@@ -85,9 +85,9 @@ def test_calibrate_fits_a_grid_that_times_reuses(runs, tmp_path, capsys):
     """--calibrate: the fitted grid runs from T to eps and is saved; sampling on it through --times
     (no fit) gives the same samples; its printed error is at most the best built-in grid's."""
     fitted = run_cli(runs / "cond", tmp_path / "cal.png", "--class", "3", "--calibrate", "16",
-                     "--calibrate-evals", "30")
+                     "--calibrate-iterations", "30")
     printed = capsys.readouterr().out
-    m = re.search(r"RMS ([0-9.e+-]+) against the exact flow, (\w+) grid ([0-9.e+-]+)", printed)
+    m = re.search(r"RMS ([0-9.e+-]+) against the reference flow, (\w+) grid ([0-9.e+-]+)", printed)
     assert m and float(m.group(1)) <= float(m.group(3)), printed
     times = fitted["times"]
     assert times.shape == (STEPS + 1,) and times[0] == 1.0 and times[-1] == 1e-3 and (np.diff(times) < 0).all()
@@ -96,7 +96,7 @@ def test_calibrate_fits_a_grid_that_times_reuses(runs, tmp_path, capsys):
     np.testing.assert_array_equal(reused["times"], times)
     # a stratified batch of 8 of 32 draws, with classifier-free guidance (scores of any batch size)
     batched = run_cli(runs / "cond", tmp_path / "b.png", "--class", "3", "--guidance-scale", "2", "--calibrate",
-                      "32", "--calibrate-batch", "8", "--calibrate-evals", "20")
+                      "32", "--calibrate-batch", "8", "--calibrate-iterations", "20")
     assert batched["times"].shape == (STEPS + 1,) and (np.diff(batched["times"]) < 0).all()
 
 
@@ -114,6 +114,7 @@ def test_calibrate_fits_a_grid_that_times_reuses(runs, tmp_path, capsys):
     ("cond", ["--calibrate", "0", "--steps", "4"], "--calibrate 0 is not allowed"),
     ("cond", ["--calibrate-batch", "4", "--steps", "4"], "--calibrate-batch needs --calibrate"),
     ("cond", ["--calibrate", "8", "--calibrate-batch", "9", "--steps", "4"], r"--calibrate-batch 9 is not allowed: it must lie in 1\.\.8"),
+    ("cond", ["--calibrate", "8", "--calibrate-iterations", "0", "--steps", "4"], r"--calibrate-iterations 0 is not allowed"),
     ("cond", ["--calibrate", "8", "--steps", "4", "--method", "euler_maruyama"], "cannot be calibrated"),
     ("cond", ["--times", "missing.npz", "--steps", "4", "--method", "ddim"], "--times missing.npz: cannot read"),
 ])

@@ -1,7 +1,8 @@
 """Calibrated time grids (scoresde.sampling.calibration) and explicit `schedule=` grids.
 
 Truth: the exact probability-flow map of a Gaussian-mixture score, a dopri8 solve at rtol = atol =
-1e-12 followed by the Tweedie step, from fresh prior draws that the calibration never saw.
+1e-12 followed by the Tweedie step, from fresh prior draws that the calibration never saw; for the
+fit's gradient, finite differences.
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ def rms(x, y):
 @pytest.mark.parametrize("name", ["vp", "ve"])
 def test_calibrated_grid_beats_every_builtin_schedule_on_fresh_draws(name, pool, batch):
     """unipc, 5 steps (NFE 6): the fitted grid's error on held-out draws is well below the best
-    closed-form grid's (measured 4-10x here), fitted on all draws or on a stratified batch of a pool."""
+    closed-form grid's (measured 4-10x here), fitted on minibatches of the whole pool or of a
+    stratified part of it."""
     sde = SDES[name]
     score = RING.score_fn(sde)
-    fit = calibrate_schedule(score, sde, draws(sde, pool, 0), method="unipc", steps=5, eps=EPS, max_evals=150,
+    fit = calibrate_schedule(score, sde, draws(sde, pool, 0), method="unipc", steps=5, eps=EPS, iterations=150,
                              batch=batch, generator=torch.Generator().manual_seed(0))
     x_T = draws(sde, 400, 1)
     truth = exact_map(score, sde, x_T)
@@ -55,7 +57,7 @@ def test_calibrated_grid_beats_every_builtin_schedule_on_fresh_draws(name, pool,
     assert calibrated < min(builtin.values()) / 2, (calibrated, builtin)
     assert fit.error < fit.start_error and fit.start in builtin
     assert fit.times[0] == sde.T and fit.times[-1] == EPS and bool((fit.times.diff() < 0).all())
-    assert 3 < fit.evals <= 150 + 3
+    assert fit.iterations == 150
 
 
 def test_stratified_batch_is_an_unbiased_estimate_of_the_pool_mean_for_any_grid():
@@ -83,19 +85,49 @@ def test_stratified_batch_is_an_unbiased_estimate_of_the_pool_mean_for_any_grid(
 
 
 @pytest.mark.parametrize("name", ["vp", "ve"])
-def test_proxy_ranked_batch_estimates_the_start_grids_error_over_the_whole_pool(name):
-    """With batch < pool the pool is ranked against the fine-grid proxy and the reference runs on the
-    batch alone; the start grid's error estimated on that batch matches its true RMS over all
-    3000 draws against the exact map (measured ratio 0.97-0.98 for this batch seed on three pools;
-    over 200 batch seeds the squared estimate averages 0.997 of the truth; allowed: 10%)."""
+def test_reported_errors_are_the_pools_true_rms(name):
+    """start_error and error are RMS errors over the pool against the reference (unipc on 200
+    log-SNR steps); against the exact map they agree within 1% (measured: 0.1%)."""
     sde = SDES[name]
     score = RING.score_fn(sde)
-    pool = draws(sde, 3000, 3)
-    fit = calibrate_schedule(score, sde, pool, method="unipc", steps=5, eps=EPS, max_evals=5, batch=400,
-                             generator=torch.Generator().manual_seed(0))
-    start = sample(score, sde, method="unipc", steps=5, x_T=pool, eps=EPS, schedule=fit.start)
-    true_rms = rms(start, exact_map(score, sde, pool))
-    assert abs(fit.start_error / true_rms - 1) < 0.10, (fit.start_error, true_rms)
+    pool = draws(sde, 1000, 3)
+    fit = calibrate_schedule(score, sde, pool, method="unipc", steps=5, eps=EPS, iterations=20, batch=200,
+                             check_every=10, generator=torch.Generator().manual_seed(0))
+    truth = exact_map(score, sde, pool)
+    start = rms(sample(score, sde, method="unipc", steps=5, x_T=pool, eps=EPS, schedule=fit.start), truth)
+    fitted = rms(sample(score, sde, method="unipc", x_T=pool, eps=EPS, schedule=fit.times), truth)
+    assert abs(fit.start_error / start - 1) < 0.01 and abs(fit.error / fitted - 1) < 0.01, (fit, start, fitted)
+    assert fit.error <= fit.start_error
+
+
+@pytest.mark.parametrize("name", ["vp", "ve"])
+@pytest.mark.parametrize("method, options", [("unipc", {}), ("unipc", {"order": 4}), ("dpmpp_3m", {}),
+                                             ("ddim", {}), ("ode", {"solver": "rk4"})])
+def test_solver_output_is_differentiable_in_the_grid(name, method, options):
+    """The fit's gradient: d(sum of the solver's output)/d(grid point) by autograd through the run
+    equals central finite differences (h = 1e-6) to 1e-6 of the largest (measured 5e-9 to 4e-8)."""
+    from scoresde.sampling import METHODS
+
+    sde = SDES[name]
+    score = RING.score_fn(sde)
+    x_T = draws(sde, 10, 4)
+
+    def total(grid):
+        out, _ = METHODS.get(method)(score, sde, x_T, steps=5, eps=EPS, generator=None, progress=False,
+                                     project=None, schedule=grid, **options)
+        return out.sum()
+
+    grid = time_grid(sde, 5, EPS, "log_snr").requires_grad_(True)
+    grad = torch.autograd.grad(total(grid), grid)[0]
+    fd = []
+    for i in range(1, 5):
+        step = torch.zeros(6, dtype=torch.float64)
+        step[i] = 1e-6
+        with torch.no_grad():
+            fd.append(float((total(grid.detach() + step) - total(grid.detach() - step)) / 2e-6))
+    assert grad[0] == 0 and grad[-1] == 0  # the ends are pinned to T and eps
+    torch.testing.assert_close(grad[1:5], torch.tensor(fd, dtype=torch.float64), rtol=0,
+                               atol=1e-6 * float(grad.abs().max()))
 
 
 def test_explicit_grid_reproduces_the_named_schedule_and_sets_the_step_count():
@@ -131,8 +163,11 @@ def test_bad_explicit_grids_are_refused(grid, match):
     ({"schedule": "karras"}, "chooses the schedule itself"),
     ({"steps": 1}, "steps=1 is not allowed"),
     ({"steps": 0}, "steps"),
-    ({"max_evals": 0}, "max_evals"),
-    ({"reference_tol": -1.0}, "reference_tol"),
+    ({"iterations": 0}, "iterations"),
+    ({"lr": -1.0}, "lr"),
+    ({"lr": float("nan")}, "lr"),
+    ({"check_every": 0}, "check_every"),
+    ({"reference_steps": 0}, "reference_steps"),
     ({"x_T": torch.zeros(5)}, "x_T must be a batch"),
     ({"batch": 9}, "batch=9 is not allowed: it must be at most the pool of x_T's 8 draws"),
     ({"batch": 0}, "batch"),

@@ -3,12 +3,13 @@
 At NFE 10-20 the RMS error over the 1000-2000 draws of samplers.py is set by the few draws whose
 trajectory ends near another mode than the exact flow's (in 64-D such a draw's own mean squared
 error is 1-2.5, a typical draw's below 1e-4), so its ratios between solvers are noisy. This script
-reads the grids that samplers.py fitted ("unipc calibrated" and "unipc-4 calibrated", from its
-printed output, or the outputs of its parts) and measures them, the built-in grids of `unipc` and
+reads the grids that samplers.py fitted ("unipc-2 / unipc / unipc-4 calibrated", from its printed
+output, or the outputs of its parts) and measures them, the built-in grids of `unipc` and
 the diffusers peers, on --draws fresh prior draws (seed --seed, unseen by the fit and by
 samplers.py) against the same exact flow map (dopri8, rtol = atol = 1e-11, then Tweedie). Printed
 per solver: RMS error, median per-draw error, and `far`, the number of draws whose own RMS error
-exceeds 0.5 (those that ended near another mode).
+exceeds 0.5 (those that ended near another mode). The summary marks, per case and NFE, the order
+whose fit reported the lowest error on its own calibration pool: choosing it uses no fresh draw.
 
     python experiments/bench/samplers.py > samplers.txt
     python experiments/bench/samplers_fresh_draws.py samplers.txt [--draws 64000]
@@ -30,14 +31,14 @@ from scoresde.sampling import sample
 FAR = 0.5
 
 
-def fitted_grids(log: str, case: str) -> dict[int, dict[str, torch.Tensor]]:
-    """NFE -> {row name ("unipc calibrated", "unipc-4 calibrated"): grid} as samplers.py printed them for
-    `case` ("2d-ring8 VP", ...)."""
+def fitted_grids(log: str, case: str) -> dict[int, dict[str, tuple[torch.Tensor, float]]]:
+    """NFE -> {row name ("unipc-2 calibrated", "unipc calibrated", ...): (grid, its calibration RMS on the
+    fit's pool)} as samplers.py printed them for `case` ("2d-ring8 VP", ...)."""
     out = {}
-    for name, g in re.findall(rf"^{re.escape(case)} +\((unipc(?:-\d)? calibrated):.*grid t = (\[[^\]]*\])",
-                              log, flags=re.M):
+    for name, err, g in re.findall(rf"^{re.escape(case)} +\((unipc(?:-\d)? calibrated):.*calibration RMS (\S+),"
+                                   rf".*grid t = (\[[^\]]*\])", log, flags=re.M):
         grid = torch.tensor(ast.literal_eval(g), dtype=torch.float64)
-        out.setdefault(len(grid), {})[name] = grid  # steps + 1 = NFE points, the last evaluation being Tweedie's
+        out.setdefault(len(grid), {})[name] = (grid, float(err))  # steps + 1 = NFE points (the last: Tweedie's)
     return out
 
 
@@ -68,7 +69,7 @@ def main() -> None:
             for nfe, grids in sorted(fitted_grids(log, case).items()):
                 runs = [(name, lambda grid=grid, order=ORDER_OF[name]: sample(score, sde, method="unipc", x_T=x_T,
                                                                                eps=EPS, schedule=grid, order=order))
-                        for name, grid in grids.items()]
+                        for name, (grid, _) in grids.items()]
                 runs += [(f"{unipc_name(o)} {s}",
                           lambda s=s, o=o: sample(score, sde, method="unipc", steps=nfe - 1, x_T=x_T, eps=EPS,
                                                   schedule=s, order=o))
@@ -83,10 +84,13 @@ def main() -> None:
                           f"{per_draw.median().sqrt().item():.3e}  far {int((per_draw.sqrt() > FAR).sum()):5d}",
                           flush=True)
                 peer = min((r for r in rms if r.startswith("diffusers")), key=rms.get)
-                summary += [(case, nfe, name, rms[name], peer, rms[peer]) for name in grids]
-    print(f"\n{'case':12s} {'NFE':>4s} {'grid':>18s} {'RMS':>10s} {'best peer':>30s} {'peer / ours':>12s}")
-    for case, nfe, name, ours, peer, theirs in summary:
-        print(f"{case:12s} {nfe:4d} {name:>18s} {ours:10.3e} {peer:>20s} {theirs:9.3e} {theirs / ours:12.2f}")
+                picked = min(grids, key=lambda name: grids[name][1])
+                summary += [(case, nfe, name, rms[name], peer, rms[peer], name == picked) for name in grids]
+    print(f"\n{'case':12s} {'NFE':>4s} {'grid':>18s} {'RMS':>10s} {'best peer':>30s} {'peer / ours':>12s}"
+          f"  (* the order the fits' own pool errors pick, no fresh draw used)")
+    for case, nfe, name, ours, peer, theirs, picked in summary:
+        print(f"{case:12s} {nfe:4d} {name:>18s} {ours:10.3e} {peer:>20s} {theirs:9.3e} {theirs / ours:12.2f}"
+              f"{'  *' if picked else ''}")
 
 
 if __name__ == "__main__":

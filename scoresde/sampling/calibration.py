@@ -5,32 +5,37 @@ no closed-form grid wins every model (docs/benchmarks.md: log-SNR, uniform-t and
 somewhere by 2-50x). `calibrate_schedule` fits the grid itself, as LD3 (Tong et al. 2025) and
 optimal-stepsize distillation (Pei et al. 2025) do, for one solver, NFE and model:
 
-    min over lambda_1 < ... < lambda_{n-1}   mean_b || S(x_T^b; t(lambda)) - Phi(x_T^b) ||^2 / D,
+    min over lambda_1 < ... < lambda_{n-1}   E_{x_T ~ prior} || S(x_T; t(lambda)) - Phi(x_T) ||^2 / D,
 
-S the solver's output (after the final Tweedie step) on the grid, Phi the exact probability-flow
-map, approximated by an adaptive dopri5 solve at `reference_tol`, and x_T^b a calibration batch of
-prior draws. The grid is parametrized in log-SNR by its increments,
-lambda_i = lambda_T + (lambda_eps - lambda_T) sum_{j<i} w_j / sum_j w_j, w = exp([0, theta]),
-so every theta gives a valid grid; theta (n - 1 numbers) starts from the best of the built-in
-schedules and is optimized with scipy's derivative-free Powell method, each evaluation one solver
-run on the fitting batch. The fitted grid is then used as `sample(..., schedule=result.times)`.
+S the solver's output (after the final Tweedie step) on the grid and Phi the probability-flow map,
+approximated by `unipc` on `reference_steps` log-SNR steps (default max(10 n, 200); on the
+benchmark mixtures its RMS error is 2e-5 to 5e-5, three orders below the fitted n-step grids'). The grid is
+parametrized in log-SNR by its increments, lambda_i = lambda_T + (lambda_eps - lambda_T)
+sum_{j<i} w_j / sum_j w_j, w = exp([0, theta]), so every theta gives a valid grid. theta (n - 1
+numbers) starts from the best of the built-in schedules and is fitted by Adam, the gradient taken
+through the solver's run (the score's dependence on x and on t included; the methods'
+coefficients are differentiable in the grid), with the learning rate decaying from lr to 0 on a
+cosine.
 
-It is a fit, and the mean squared error is heavy-tailed: a few trajectories that pass near a
-boundary between modes carry most of it, so a small batch overfits the few it happens to hold
-(64-D mixture, VP, NFE 20: 2000 plain draws fitted 0.0024 but gave 0.045 on fresh draws). With a
-pool of N draws larger than the fitting `batch` b, the batch is stratified: the h = b/4 draws with
-the largest error under the best built-in grid (the tail) enter with weight 1, and b - h of the
-others, drawn at random, with weight (N - h)/(b - h), so that
+The expectation is over a pool of N prior draws x_T, and the error is heavy-tailed: a few
+trajectories that pass near a boundary between modes carry most of it. Each iteration's loss is
+therefore taken on a stratified minibatch of b draws: the h = b/4 draws with the largest error
+under the start grid, always, with weight 1, and b - h of the others, drawn afresh each iteration,
+with weight (N - h)/(b - h), so that
 
     err^2(grid) ~ (1/N) [ sum_{hard} e_i(grid) + (N - h)/(b - h) sum_{drawn} e_i(grid) ]
 
-is an unbiased estimate of the pool's mean error for every grid, with the tail counted in full.
-The pool is ranked against a cheap proxy of Phi, unipc on max(8 n, 100) log-SNR steps (its error
-is orders below the n-step grids' it ranks), so the reference solve runs on the batch alone: the
-pool costs max(8 n, 100) + 3 n score evaluations of each draw, the fit max_evals * n evaluations
-of the batch. The tail still overfits: on the 64-D benchmark mixtures at NFE 20 the fitted grids'
-errors estimated on the batch are 1.5-2.9x below their errors on fresh draws (docs/benchmarks.md),
-so check the error on many fresh draws, as experiments/bench/samplers_fresh_draws.py does.
+is an unbiased estimate of the pool's mean error for every grid, with the tail counted in every
+step. Every `check_every` iterations the grid is scored on the whole pool, and the best grid so
+far (the start included) is the result; a check 1.5x (RESET) worse than the best returns theta
+to the best grid. A fixed fitting batch overfits its few hard draws: the derivative-free fit
+this replaced (Powell's method on a fixed batch of 2000) gave 64-D benchmark grids whose batch
+errors were 1.5-2.9x below their errors on fresh draws at NFE 20. With minibatches drawn afresh
+from a pool of 128000, the pool errors of the same benchmark's fits were 1-17% below their errors
+on 64000 fresh draws at NFE 10, and from 26% above to 2.0x below at NFE 20, where a few draws
+decide (10-20 of the pool end near another mode; docs/benchmarks.md). Cost: reference_steps
+evaluations of each pool draw once, about 3 n (forward and backward) per minibatch draw per
+iteration, and n per pool draw per check.
 """
 
 from __future__ import annotations
@@ -38,44 +43,45 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from ..sdes.base import check_generator, check_positive_finite, check_steps
+from .denoise import tweedie_denoise
 from .schedules import time_grid
 
 DETERMINISTIC = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ode")
 START_SCHEDULES = ("log_snr", "uniform_t", "karras")
-PROXY_FACTOR, PROXY_MIN_STEPS = 8, 100  # the pool ranking's proxy: unipc on max(8 steps, 100) log-SNR steps
+CHUNK = 16384  # draws per solver run when scoring the whole pool
+RESET = 1.5  # a check whose pool mean squared error exceeds the best's by this factor returns to the best grid
 
 
 class CalibratedSchedule(NamedTuple):
-    """times: the fitted (steps + 1,) float64 grid T > ... > eps; error: its RMS error, estimated
-    on the fitting batch for the pool; start / start_error: the best built-in schedule and its RMS
-    error, estimated alike; evals: solver runs on the batch spent."""
+    """times: the fitted (steps + 1,) float64 grid T > ... > eps; error: its RMS error over the pool
+    against the reference; start / start_error: the best built-in schedule and its RMS error;
+    iterations: gradient steps taken."""
 
     times: torch.Tensor
     error: float
     start: str
     start_error: float
-    evals: int
+    iterations: int
 
 
 def calibrate_schedule(score_fn, sde, x_T: torch.Tensor, *, method: str = "unipc", steps: int,
-                       eps: float = 1e-3, max_evals: int = 1500, reference_tol: float = 1e-6,
-                       batch: int | None = None, generator: torch.Generator | None = None,
+                       eps: float = 1e-3, iterations: int = 600, lr: float = 0.05, batch: int | None = None,
+                       check_every: int = 50, reference_steps: int | None = None,
+                       reference: torch.Tensor | None = None, generator: torch.Generator | None = None,
                        progress: bool = False, **method_options) -> CalibratedSchedule:
     """Fit the time grid of deterministic `method` with `steps` steps to score_fn (module docstring).
 
-    x_T: the pool of prior draws, shape (N, ...). batch: draws in each fitting run (default N, all
-    of them); below N the batch is stratified by the best built-in grid's per-draw error against
-    the proxy, its random part drawn from `generator`. A pool many times the batch (e.g. N =
-    128000, b = 2000) captures more of the rare hard trajectories at the same cost per run.
-    method_options go to every run of the method (e.g. order).
+    x_T: the pool of prior draws, shape (N, ...); a large pool (the benchmark's N = 128000) holds
+    more of the rare hard trajectories at the same cost per iteration. batch: minibatch size
+    (default min(N, 2000)), its random part drawn from `generator`. reference: the flow map's
+    value for each pool draw, shaped like x_T, when you have one (e.g. a tight adaptive solve);
+    default: unipc on reference_steps log-SNR steps. method_options go to every run of the method
+    (e.g. order).
     """
-    from scipy.optimize import minimize
-
-    from . import sample  # the package imports this module
+    from . import METHODS  # the package imports this module
 
     if method not in DETERMINISTIC:
         raise ValueError(f"method={method!r} cannot be calibrated: use a deterministic fixed-grid "
@@ -85,79 +91,95 @@ def calibrate_schedule(score_fn, sde, x_T: torch.Tensor, *, method: str = "unipc
     steps = check_steps("steps", steps)
     if steps < 2:
         raise ValueError(f"steps={steps} is not allowed: a grid of one step has no time to move; use steps >= 2")
-    max_evals = check_steps("max_evals", max_evals)
-    reference_tol = check_positive_finite("reference_tol", reference_tol)
+    iterations = check_steps("iterations", iterations)
+    check_every = check_steps("check_every", check_every)
+    lr = check_positive_finite("lr", lr)
+    reference_steps = max(10 * steps, 200) if reference_steps is None else check_steps("reference_steps",
+                                                                                         reference_steps)
     if not torch.is_tensor(x_T) or x_T.dim() < 2 or x_T.shape[0] < 1:
         raise ValueError(f"x_T must be a batch of prior draws, shape (B, ...), got "
                          f"{tuple(x_T.shape) if torch.is_tensor(x_T) else type(x_T).__name__}")
     pool = x_T.shape[0]
-    batch = pool if batch is None else check_steps("batch", batch)
+    batch = min(pool, 2000) if batch is None else check_steps("batch", batch)
     if batch > pool:
         raise ValueError(f"batch={batch} is not allowed: it must be at most the pool of x_T's {pool} draws")
     check_generator(generator)
+    t_eps = torch.full((1,), eps, dtype=x_T.dtype, device=x_T.device)
 
-    def per_draw_errors(grid: torch.Tensor, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        out = sample(score_fn, sde, method=method, steps=steps, eps=eps, x_T=x, schedule=grid,
-                     **method_options)
-        return (out - target).double().pow(2).flatten(1).mean(1)
+    def run(name: str, x: torch.Tensor, n: int, grid, **options) -> torch.Tensor:
+        out, _ = METHODS.get(name)(score_fn, sde, x, steps=n, eps=eps, generator=None, progress=False,
+                                   project=None, schedule=grid, **options)
+        return tweedie_denoise(score_fn, sde, out, t_eps.expand(x.shape[0]))
 
-    def reference(x: torch.Tensor) -> torch.Tensor:
-        return sample(score_fn, sde, method="ode", x_T=x, eps=eps, rtol=reference_tol, atol=reference_tol,
-                      progress=progress)
+    def per_draw_errors(grid: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (run(method, x, steps, grid, **method_options) - y).double().pow(2).flatten(1).mean(1)
 
-    starts = {name: time_grid(sde, steps, eps, name) for name in START_SCHEDULES}
-    if batch == pool:
-        idx, weights = torch.arange(pool), torch.full((pool,), 1.0 / pool, dtype=torch.float64)
-    else:  # rank the pool by the best built-in grid's error against a cheap fine-grid proxy
-        proxy = sample(score_fn, sde, method="unipc", steps=max(PROXY_FACTOR * steps, PROXY_MIN_STEPS),
-                       eps=eps, x_T=x_T, schedule="log_snr", progress=progress)
-        proxy_sq = {name: per_draw_errors(grid, x_T, proxy) for name, grid in starts.items()}
-        idx, weights = _stratified_batch(proxy_sq[min(proxy_sq, key=lambda n: float(proxy_sq[n].mean()))],
-                                         batch, generator)
-    x_fit = x_T[idx]
-    target_fit = reference(x_fit)
+    def pool_errors(grid: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([per_draw_errors(grid, x, y) for x, y in zip(x_T.split(CHUNK), target.split(CHUNK))])
 
-    def rms(grid: torch.Tensor) -> float:
-        return math.sqrt(float((weights * per_draw_errors(grid, x_fit, target_fit)).sum()))
-
-    start_errors = {name: rms(grid) for name, grid in starts.items()}
-    start = min(start_errors, key=start_errors.get)
+    if reference is None:
+        with torch.no_grad():
+            target = torch.cat([run("unipc", x, reference_steps, "log_snr") for x in x_T.split(CHUNK)])
+    elif not torch.is_tensor(reference) or reference.shape != x_T.shape:
+        raise ValueError(f"reference must be the flow map of each pool draw, shaped like x_T "
+                         f"{tuple(x_T.shape)}, got {tuple(reference.shape) if torch.is_tensor(reference) else reference!r}")
+    else:
+        target = reference.detach()
+    start_sq = {name: pool_errors(time_grid(sde, steps, eps, name)) for name in START_SCHEDULES}
+    start = min(start_sq, key=lambda name: float(start_sq[name].mean()))
+    start_grid = time_grid(sde, steps, eps, start)
 
     lam_T, lam_eps = (float(v) for v in sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)))
-
-    def grid_of(theta: np.ndarray) -> torch.Tensor:
-        w = np.exp(np.concatenate([[0.0], theta]))
-        frac = torch.tensor(np.concatenate([[0.0], np.cumsum(w) / w.sum()]), dtype=torch.float64)
-        t = sde.t_of_log_snr(lam_T + (lam_eps - lam_T) * frac).to(torch.float64)
-        t[0], t[-1] = sde.T, eps
-        return t
-
+    lam0 = sde.log_snr(start_grid)
+    theta = torch.log(lam0.diff()[1:] / (lam0[1] - lam0[0])).detach().requires_grad_(True)
+    best = [float(start_sq[start].mean()), start_grid, theta.detach().clone()]  # pool mean sq. error, grid, theta
+    opt = torch.optim.Adam([theta], lr=lr)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=max_evals, desc=f"calibrating {method} ({steps} steps)", leave=False)
-    best = [start_errors[start], starts[start]]
-
-    def objective(theta: np.ndarray) -> float:
-        try:
-            grid = grid_of(theta)
-            err = rms(grid)
-        except ValueError:  # a degenerate grid (steps collapsed in float64) or a diverged run
-            return math.inf
-        if err < best[0]:
-            best[:] = [err, grid]
+        bar = tqdm(total=iterations, desc=f"calibrating {method} ({steps} steps)", leave=False)
+    for it in range(1, iterations + 1):
+        idx, weights = _stratified_batch(start_sq[start], batch, generator)
+        with torch.enable_grad():
+            loss = (weights * per_draw_errors(_grid_of(sde, theta, lam_T, lam_eps, eps), x_T[idx],
+                                              target[idx])).sum()
+            if torch.isfinite(loss):  # a diverged minibatch run teaches nothing: skip its step
+                (theta.grad,) = torch.autograd.grad(loss, theta)  # not into a network's own parameters
+                opt.step()
+        decay.step()
+        if it % check_every == 0 or it == iterations:
+            grid = _grid_of(sde, theta.detach(), lam_T, lam_eps, eps)
+            err = float(pool_errors(grid).mean())
+            if err < best[0]:
+                best = [err, grid, theta.detach().clone()]
+            elif err > RESET * best[0]:  # wandered off into a worse basin: go back to the best grid
+                with torch.no_grad():
+                    theta.copy_(best[2])
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(rms=f"{best[0]:.3g}")
-        return err * err
-
-    lam = sde.log_snr(starts[start]).numpy()
-    theta0 = np.log(np.diff(lam)[1:] / (lam[1] - lam[0]))
-    res = minimize(objective, theta0, method="Powell",
-                   options={"maxfev": max_evals, "xtol": 1e-2, "ftol": 1e-3})
+            bar.set_postfix(rms=f"{math.sqrt(best[0]):.3g}")
     if bar is not None:
         bar.close()
-    return CalibratedSchedule(best[1], best[0], start, start_errors[start], int(res.nfev) + len(starts))
+    return CalibratedSchedule(best[1], math.sqrt(best[0]), start, math.sqrt(float(start_sq[start].mean())),
+                              iterations)
+
+
+def _grid_of(sde, theta: torch.Tensor, lam_T: float, lam_eps: float, eps: float) -> torch.Tensor:
+    """The grid t(lambda(theta)) (module docstring), differentiable in theta: t is found by the SDE's
+    inverse log-SNR and carries the gradient dt/dlambda = 1/lambda'(t) (one Newton step from it),
+    so SDEs whose inverse is a bisection are differentiated alike."""
+    w = torch.exp(torch.cat([theta.new_zeros(1), theta]))
+    lam = lam_T + (lam_eps - lam_T) * torch.cat([theta.new_zeros(1), torch.cumsum(w, 0) / w.sum()])
+    t = sde.t_of_log_snr(lam.detach()).to(torch.float64)
+    t[0], t[-1] = sde.T, eps
+    if not theta.requires_grad:
+        return t
+    with torch.enable_grad():
+        at = t.clone().requires_grad_(True)
+        slope = torch.autograd.grad(sde.log_snr(at).sum(), at)[0]
+    return t + (lam - sde.log_snr(t)) / slope
 
 
 def _stratified_batch(errors: torch.Tensor, batch: int, generator: torch.Generator | None):

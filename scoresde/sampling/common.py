@@ -6,8 +6,17 @@ import torch
 
 
 def times_like(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    """The scalar time t as a per-sample (B,) tensor in x's dtype."""
+    """The scalar time t as a per-sample (B,) tensor in x's dtype (differentiable in t when t requires grad,
+    as in calibration.py's gradient fit)."""
+    if torch.is_tensor(t) and t.requires_grad:
+        return t.to(x.dtype).reshape(1).repeat(x.shape[0])
     return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+
+
+def grid_scalars(values: torch.Tensor) -> list:
+    """A grid's per-point coefficients (log-SNR, sigma, alpha) as Python floats, or as 0-d tensors
+    when the grid is being differentiated (calibration.py)."""
+    return list(values.unbind()) if values.requires_grad else values.tolist()
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

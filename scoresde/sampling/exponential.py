@@ -26,20 +26,24 @@ import math
 
 import torch
 
-from .common import step_pairs, times_like
+from .common import grid_scalars, step_pairs, times_like
 from .schedules import time_grid
 
 
 def data_prediction(score_fn, sde, x, t) -> torch.Tensor:
-    """Tweedie's x0 = (x + sigma_t^2 score(x, t)) / alpha_t."""
-    tt = torch.tensor([float(t)], dtype=torch.float64)
-    alpha, sigma = float(sde.alpha(tt)), float(sde.sigma(tt))
+    """Tweedie's x0 = (x + sigma_t^2 score(x, t)) / alpha_t (differentiable in t when t requires grad)."""
+    if torch.is_tensor(t) and t.requires_grad:
+        tt = t.to(torch.float64).reshape(1)
+        alpha, sigma = sde.alpha(tt)[0], sde.sigma(tt)[0]
+    else:
+        tt = torch.tensor([float(t)], dtype=torch.float64)
+        alpha, sigma = float(sde.alpha(tt)), float(sde.sigma(tt))
     return (x + sigma ** 2 * score_fn(x, times_like(t, x))) / alpha
 
 
 def phis(h: float) -> tuple[float, float, float]:
-    """phi_k(h) = e^-h int_0^h e^u u^k / k! du for k = 0, 1, 2."""
-    phi0 = -math.expm1(-h)
+    """phi_k(h) = e^-h int_0^h e^u u^k / k! du for k = 0, 1, 2 (h a float, or a tensor being differentiated)."""
+    phi0 = -torch.expm1(-h) if torch.is_tensor(h) else -math.expm1(-h)
     phi1 = h - phi0
     return phi0, phi1, h * h / 2 - phi1
 
@@ -56,9 +60,7 @@ def multistep(score_fn, sde, x, *, order, steps, eps, generator, progress, proje
                          f"{type(sde).__name__} has none")
     kwargs = {"rho": rho} if schedule == "karras" else {}
     ts = time_grid(sde, steps, eps, schedule, **kwargs)
-    lam = sde.log_snr(ts).tolist()
-    sig = sde.sigma(ts).tolist()
-    alp = sde.alpha(ts).tolist()
+    lam, sig, alp = (grid_scalars(v) for v in (sde.log_snr(ts), sde.sigma(ts), sde.alpha(ts)))
     hist: list[torch.Tensor] = []  # x0 at previous grid points, newest last
     for i, t, s in step_pairs(ts, progress, f"dpm-solver order {order}"):
         x0 = data_prediction(score_fn, sde, x, t)

@@ -77,13 +77,13 @@ def _explicit_grid(sde, steps: int, eps: float, grid: torch.Tensor) -> torch.Ten
         raise ValueError(f"an explicit schedule must be a 1-D float tensor of steps + 1 = {steps + 1} times "
                          f"from T down to eps, got dtype {grid.dtype} and shape {tuple(grid.shape)} "
                          f"(pass steps=len(schedule) - 1)")
-    grid = grid.detach().to("cpu", torch.float64).clone()
-    ends = ((float(grid[0]), sde.T, "T"), (float(grid[-1]), eps, "eps"))
+    grid = (grid if grid.requires_grad else grid.detach()).to("cpu", torch.float64).clone()  # grad: a fit
+    ends = ((grid[0].item(), sde.T, "T"), (grid[-1].item(), eps, "eps"))
     for got, want, name in ends:
         if not abs(got - want) <= 1e-6 * want:
             raise ValueError(f"an explicit schedule must run from T={sde.T} to eps={eps}: its "
                              f"{'first' if name == 'T' else 'last'} time is {got:.6g}, not {name}={want:.6g}")
     grid[0], grid[-1] = sde.T, eps
     if not bool(torch.isfinite(grid).all() and (grid[1:] < grid[:-1]).all()):
-        raise ValueError(f"an explicit schedule must be finite and strictly decreasing, got {grid.tolist()}")
+        raise ValueError(f"an explicit schedule must be finite and strictly decreasing, got {grid.detach().tolist()}")
     return grid

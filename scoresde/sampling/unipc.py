@@ -8,10 +8,11 @@ t_i to t_{i+1}, h = lambda_{i+1} - lambda_i (DPM-Solver++, Lu et al. 2022b, eq. 
 x0 the data prediction (x + sigma^2 score)/alpha. Replacing x0 by the polynomial P through known
 values (u_j, D_j), u_j = lambda_j - lambda_i, makes the integral a weighted sum, exactly:
 
-    int_0^h e^{-(h-u)} P(u) du = sum_j w_j D_j,   w_j = sum_k c_jk k! phi_k(h),
+    int_0^h e^{-(h-u)} P(u) du = sum_j w_j D_j,   sum_j w_j (u_j/h)^k = k! phi_k(h) / h^k  (k < #nodes),
 
-c_jk the monomial coefficients of the j-th Lagrange basis polynomial and phi_k(h) = int_0^h
-e^{-(h-u)} u^k/k! du (phi_0 = 1 - e^-h, phi_k = h^k/k! - phi_{k-1}).
+the weights solving the moment equations (exact for every P of degree < #nodes), with phi_k(h) =
+int_0^h e^{-(h-u)} u^k/k! du (phi_0 = 1 - e^-h, phi_k = h^k/k! - phi_{k-1}). The weights are
+differentiable in the grid, so calibration.py can fit a grid by gradient descent.
 
 * Predictor (UniP-p): P through the last p data predictions lambda_{i-p+1..i} (an explicit
   exponential Adams-Bashforth step of order p; p = 1 is DDIM, p = 2, 3 are DPM-Solver++ 2M/3M).
@@ -49,32 +50,40 @@ from __future__ import annotations
 
 import math
 
-from .common import step_pairs
+import torch
+
+from .common import grid_scalars, step_pairs
 from .exponential import data_prediction
 from .schedules import time_grid
 
 
-def phi(k: int, h: float) -> float:
-    """phi_k(h) = int_0^h e^{-(h-u)} u^k/k! du = h^{k+1} sum_j (-h)^j/(k+1+j)! (series when h < 1)."""
-    if h < 1.0:  # the recursion loses digits to cancellation for small h; the series converges fast
-        return sum((-h) ** j * h ** (k + 1) / math.factorial(k + 1 + j) for j in range(30))
-    out = -math.expm1(-h)
-    for m in range(1, k + 1):
-        out = h ** m / math.factorial(m) - out
-    return out
+def scaled_moments(h, count: int) -> torch.Tensor:
+    """m_k = int_0^h e^{-(h-u)} (u/h)^k du = k! phi_k(h) / h^k for k < count, a (count,) float64 tensor.
+
+    phi_k(h) = int_0^h e^{-(h-u)} u^k/k! du: phi_0 = 1 - e^-h, phi_k = h^k/k! - phi_{k-1}; below h = 1
+    the recursion loses digits to cancellation, so there m_k = k! h sum_j (-h)^j/(k+1+j)! (30 terms).
+    Differentiable in h when h is a tensor that requires grad.
+    """
+    h = torch.as_tensor(h, dtype=torch.float64)
+    k = torch.arange(count, dtype=torch.float64)
+    if h < 1.0:
+        j = torch.arange(30, dtype=torch.float64)
+        coef = torch.exp(torch.lgamma(k + 1)[:, None] - torch.lgamma(k[:, None] + j + 2)) * (-1.0) ** j
+        return h * (coef * h ** j).sum(1)
+    phis = [-torch.expm1(-h)]
+    for m in range(1, count):
+        phis.append(h ** m / math.factorial(m) - phis[-1])
+    return torch.stack(phis) * torch.exp(torch.lgamma(k + 1)) / h ** k
 
 
-def quadrature_weights(nodes: list[float], h: float) -> list[float]:
-    """w_j with int_0^h e^{-(h-u)} P(u) du = sum_j w_j P(u_j) for every polynomial P of degree < len(nodes)."""
-    weights = []
-    for j, uj in enumerate(nodes):
-        coeffs = [1.0]  # monomial coefficients (lowest first) of the Lagrange basis polynomial L_j
-        for m, um in enumerate(nodes):
-            if m != j:
-                scaled = [c / (uj - um) for c in coeffs]  # times (u - u_m)/(u_j - u_m):
-                coeffs = [b - um * a for a, b in zip(scaled + [0.0], [0.0] + scaled)]
-        weights.append(sum(c * math.factorial(k) * phi(k, h) for k, c in enumerate(coeffs)))
-    return weights
+def quadrature_weights(nodes: list, h) -> torch.Tensor:
+    """w with int_0^h e^{-(h-u)} P(u) du = sum_j w_j P(u_j) for every polynomial P of degree < len(nodes):
+    the moment equations sum_j w_j (u_j/h)^k = m_k (k < len(nodes)), a Vandermonde system in the
+    scaled nodes u_j/h, which lie within a few units of 0 on every grid, so it is well conditioned."""
+    h = torch.as_tensor(h, dtype=torch.float64)
+    r = torch.stack([torch.as_tensor(u, dtype=torch.float64) for u in nodes]) / h
+    vandermonde = r[None, :] ** torch.arange(len(nodes), dtype=torch.float64)[:, None]  # [k, j] = r_j^k
+    return torch.linalg.solve(vandermonde, scaled_moments(h, len(nodes)))
 
 
 def unipc(score_fn, sde, x, *, steps=None, eps, generator, progress, project, order=3,
@@ -90,7 +99,7 @@ def unipc(score_fn, sde, x, *, steps=None, eps, generator, progress, project, or
         raise ValueError(f"unipc needs a kernel SDE with alpha, sigma and log_snr; {type(sde).__name__} has none")
     steps = steps or 20
     ts = time_grid(sde, steps, eps, schedule, **({"rho": rho} if schedule == "karras" else {}))
-    lam, sig, alp = sde.log_snr(ts).tolist(), sde.sigma(ts).tolist(), sde.alpha(ts).tolist()
+    lam, sig, alp = (grid_scalars(v) for v in (sde.log_snr(ts), sde.sigma(ts), sde.alpha(ts)))
     if lower_order_final is None:
         hs = [b - a for a, b in zip(lam[:-1], lam[1:])]
         lower_order_final = max(hs) > 1.01 * min(hs)
