@@ -52,6 +52,7 @@ from torchdiffeq import odeint
 from scoresde.analytic import GaussianMixture
 from scoresde.metrics import sliced_wasserstein
 from scoresde.sampling import calibrate_schedule, sample, tweedie_denoise
+from scoresde.sampling.calibration import fine_grid_reference
 from scoresde.sdes import VESDE, VPSDE
 
 EPS = 1e-3
@@ -192,9 +193,7 @@ def run_accuracy(nfes, n_samples, rows, calibrate_nfes=(), n_calibration=3000, c
                                        generator=torch.Generator().manual_seed(11), dtype=torch.float64)
             cal_ref = None
             if calibrate_nfes:
-                cal_ref, ref_wall = timed(lambda: torch.cat([sample(score, sde, method="unipc", steps=200, x_T=x,
-                                                                    eps=EPS, schedule="log_snr")
-                                                             for x in x_cal.split(16384)]))
+                cal_ref, ref_wall = timed(lambda: fine_grid_reference(score, sde, x_cal, steps=200, eps=EPS))
                 print(f"{case:22s} (calibration reference on {x_cal.shape[0]} draws in {ref_wall:.0f} s)")
             for budget in nfes + ("default",):
                 entries = []

@@ -81,8 +81,6 @@ def calibrate_schedule(score_fn, sde, x_T: torch.Tensor, *, method: str = "unipc
     default: unipc on reference_steps log-SNR steps. method_options go to every run of the method
     (e.g. order).
     """
-    from . import METHODS  # the package imports this module
-
     if method not in DETERMINISTIC:
         raise ValueError(f"method={method!r} cannot be calibrated: use a deterministic fixed-grid "
                          f"sampler, one of {', '.join(DETERMINISTIC)}")
@@ -104,23 +102,17 @@ def calibrate_schedule(score_fn, sde, x_T: torch.Tensor, *, method: str = "unipc
     if batch > pool:
         raise ValueError(f"batch={batch} is not allowed: it must be at most the pool of x_T's {pool} draws")
     check_generator(generator)
-    t_eps = torch.full((1,), eps, dtype=x_T.dtype, device=x_T.device)
-
-    def run(name: str, x: torch.Tensor, n: int, grid, **options) -> torch.Tensor:
-        out, _ = METHODS.get(name)(score_fn, sde, x, steps=n, eps=eps, generator=None, progress=False,
-                                   project=None, schedule=grid, **options)
-        return tweedie_denoise(score_fn, sde, out, t_eps.expand(x.shape[0]))
 
     def per_draw_errors(grid: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (run(method, x, steps, grid, **method_options) - y).double().pow(2).flatten(1).mean(1)
+        out = _run(score_fn, sde, method, x, steps, grid, eps, **method_options)
+        return (out - y).double().pow(2).flatten(1).mean(1)
 
     def pool_errors(grid: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return torch.cat([per_draw_errors(grid, x, y) for x, y in zip(x_T.split(CHUNK), target.split(CHUNK))])
 
     if reference is None:
-        with torch.no_grad():
-            target = torch.cat([run("unipc", x, reference_steps, "log_snr") for x in x_T.split(CHUNK)])
+        target = fine_grid_reference(score_fn, sde, x_T, steps=reference_steps, eps=eps)
     elif not torch.is_tensor(reference) or reference.shape != x_T.shape:
         raise ValueError(f"reference must be the flow map of each pool draw, shaped like x_T "
                          f"{tuple(x_T.shape)}, got {tuple(reference.shape) if torch.is_tensor(reference) else reference!r}")
@@ -164,6 +156,23 @@ def calibrate_schedule(score_fn, sde, x_T: torch.Tensor, *, method: str = "unipc
         bar.close()
     return CalibratedSchedule(best[1], math.sqrt(best[0]), start, math.sqrt(float(start_sq[start].mean())),
                               iterations)
+
+
+def fine_grid_reference(score_fn, sde, x_T: torch.Tensor, *, steps: int, eps: float = 1e-3) -> torch.Tensor:
+    """The flow map x_T -> x0_hat approximated by `unipc` on `steps` log-SNR steps and the final
+    Tweedie step (calibrate_schedule's default reference), CHUNK draws at a time."""
+    with torch.no_grad():
+        return torch.cat([_run(score_fn, sde, "unipc", x, steps, "log_snr", eps) for x in x_T.split(CHUNK)])
+
+
+def _run(score_fn, sde, method: str, x: torch.Tensor, steps: int, grid, eps: float, **options) -> torch.Tensor:
+    """One run of a registered method on `grid` and the final Tweedie step, differentiable in the grid
+    (no `sample` wrapper: it runs under no_grad)."""
+    from . import METHODS  # the package imports this module
+
+    out, _ = METHODS.get(method)(score_fn, sde, x, steps=steps, eps=eps, generator=None, progress=False,
+                                 project=None, schedule=grid, **options)
+    return tweedie_denoise(score_fn, sde, out, torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device))
 
 
 def _grid_of(sde, theta: torch.Tensor, lam_T: float, lam_eps: float, eps: float) -> torch.Tensor:

@@ -32,12 +32,8 @@ from .schedules import time_grid
 
 def data_prediction(score_fn, sde, x, t) -> torch.Tensor:
     """Tweedie's x0 = (x + sigma_t^2 score(x, t)) / alpha_t (differentiable in t when t requires grad)."""
-    if torch.is_tensor(t) and t.requires_grad:
-        tt = t.to(torch.float64).reshape(1)
-        alpha, sigma = sde.alpha(tt)[0], sde.sigma(tt)[0]
-    else:
-        tt = torch.tensor([float(t)], dtype=torch.float64)
-        alpha, sigma = float(sde.alpha(tt)), float(sde.sigma(tt))
+    tt = t.to(torch.float64).reshape(1) if torch.is_tensor(t) else torch.tensor([float(t)], dtype=torch.float64)
+    alpha, sigma = sde.alpha(tt)[0], sde.sigma(tt)[0]
     return (x + sigma ** 2 * score_fn(x, times_like(t, x))) / alpha
 
 
