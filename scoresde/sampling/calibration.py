@@ -9,8 +9,8 @@ optimal-stepsize distillation (Pei et al. 2025) do, for one solver, NFE and mode
 
 S the solver's output (after the final Tweedie step) on the grid and Phi the probability-flow map,
 approximated by `unipc` on `reference_steps` log-SNR steps (default max(10 n, 200); on the
-benchmark mixtures its RMS error is 2e-5 to 5e-5, three orders below the fitted n-step grids'). The grid is
-parametrized in log-SNR by its increments, lambda_i = lambda_T + (lambda_eps - lambda_T)
+benchmark mixtures its RMS error is 2e-5 to 5e-5, three orders below the fitted n-step grids').
+The grid is parametrized in log-SNR by its increments, lambda_i = lambda_T + (lambda_eps - lambda_T)
 sum_{j<i} w_j / sum_j w_j, w = exp([0, theta]), so every theta gives a valid grid. theta (n - 1
 numbers) starts from the best of the built-in schedules and is fitted by Adam, the gradient taken
 through the solver's run (the score's dependence on x and on t included; the methods'
@@ -114,13 +114,15 @@ def calibrate_schedule(score_fn, sde, x_T: torch.Tensor, *, method: str = "unipc
     if reference is None:
         target = fine_grid_reference(score_fn, sde, x_T, steps=reference_steps, eps=eps)
     elif not torch.is_tensor(reference) or reference.shape != x_T.shape:
+        got = tuple(reference.shape) if torch.is_tensor(reference) else repr(reference)
         raise ValueError(f"reference must be the flow map of each pool draw, shaped like x_T "
-                         f"{tuple(x_T.shape)}, got {tuple(reference.shape) if torch.is_tensor(reference) else reference!r}")
+                         f"{tuple(x_T.shape)}, got {got}")
     else:
         target = reference.detach()
-    start_sq = {name: pool_errors(time_grid(sde, steps, eps, name)) for name in START_SCHEDULES}
+    start_grids = {name: time_grid(sde, steps, eps, name) for name in START_SCHEDULES}
+    start_sq = {name: pool_errors(grid) for name, grid in start_grids.items()}
     start = min(start_sq, key=lambda name: float(start_sq[name].mean()))
-    start_grid = time_grid(sde, steps, eps, start)
+    start_grid, ranked = start_grids[start], start_sq[start].argsort(descending=True)
 
     lam_T, lam_eps = (float(v) for v in sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)))
     lam0 = sde.log_snr(start_grid)
@@ -133,7 +135,7 @@ def calibrate_schedule(score_fn, sde, x_T: torch.Tensor, *, method: str = "unipc
         from tqdm.auto import tqdm
         bar = tqdm(total=iterations, desc=f"calibrating {method} ({steps} steps)", leave=False)
     for it in range(1, iterations + 1):
-        idx, weights = _stratified_batch(start_sq[start], batch, generator)
+        idx, weights = _stratified_batch(ranked, batch, generator)
         with torch.enable_grad():
             loss = (weights * per_draw_errors(_grid_of(sde, theta, lam_T, lam_eps, eps), x_T[idx],
                                               target[idx])).sum()
@@ -191,15 +193,15 @@ def _grid_of(sde, theta: torch.Tensor, lam_T: float, lam_eps: float, eps: float)
     return t + (lam - sde.log_snr(t)) / slope
 
 
-def _stratified_batch(errors: torch.Tensor, batch: int, generator: torch.Generator | None):
-    """Indices and weights (summing to 1) of a fitting batch of `batch` draws out of N = len(errors):
-    the h = batch // 4 largest errors at 1/N plus a uniform draw of the rest at (N - h) / ((batch - h) N)
-    (module docstring; batch = N gives every draw once at 1/N)."""
-    pool = errors.shape[0]
+def _stratified_batch(ranked: torch.Tensor, batch: int, generator: torch.Generator | None):
+    """Indices and weights (summing to 1) of a fitting batch of `batch` draws out of N = len(ranked),
+    the pool's indices by descending error (ranked once, drawn from every iteration): the h = batch // 4
+    largest errors at 1/N plus a uniform draw of the rest at (N - h) / ((batch - h) N) (module
+    docstring; batch = N gives every draw once at 1/N)."""
+    pool = ranked.shape[0]
     hard = batch // 4
-    order = errors.argsort(descending=True)
-    rest = order[hard:]
+    rest = ranked[hard:]
     drawn = rest[torch.randperm(rest.shape[0], generator=generator)[:batch - hard]]
     weights = torch.cat([torch.ones(hard, dtype=torch.float64),
                          torch.full((batch - hard,), (pool - hard) / (batch - hard), dtype=torch.float64)])
-    return torch.cat([order[:hard], drawn]), weights / pool
+    return torch.cat([ranked[:hard], drawn]), weights / pool
