@@ -13,10 +13,10 @@ method (FIXED_METHODS) stepping exactly between the points of a `scoresde.sampli
 eps = t_n < ... < t_0 = T: a known cost (steps times the method's stages) and a global error
 O(h^order), with no error control.
 
-* The divergence is exact (trace of each sample's Jacobian, from D vector-Jacobian products
-  vectorised with torch.func.vmap) or the Hutchinson-Skilling estimate  E_v[v^T J v]  with probes v
+* The divergence is exact (trace of each sample's Jacobian, from D vector-Jacobian products,
+  vectorised with torch.func.vmap, or looped where the model cannot run under vmap) or the Hutchinson-Skilling estimate  E_v[v^T J v]  with probes v
   drawn once per sample and held fixed for the whole solve (redrawing them at every evaluation makes
-  the ODE rough: dopri5 went from 92 to 12,242 NFE, shared/SOLVER_NOTES.md).
+  the ODE rough: dopri5 went from 92 to 12,242 NFE).
 * A batch shares one adaptive step size, but the error norm is per sample: the step is accepted
   only if every sample's error (RMS over its x, and its delta on its own, in units of
   atol + rtol |y|) is within tolerance. A hard sample shrinks the step for all and so costs NFE,
@@ -53,8 +53,8 @@ FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4")  # orders 1, 2, 2
 # elements), chunk = max(1, this // (B * D)), the rest in a loop over the retained graph. Small: a
 # vmapped backward's intermediates are chunk times the model's, and on a CPU they fall out of cache.
 # Measured per exact divergence (1 thread, experiments/bench/likelihood.py's 64-D mixture, B = 1000):
-# all 64 vmapped 990 ms, chunks of 16 1100 ms, of 4 490 ms, one at a time 310 ms (the old budget of
-# 2^25 vmapped all 64); in 2-D (B = 1000) both cotangents stay in one vmap.
+# all 64 vmapped 990 ms, chunks of 16 1100 ms, of 4 490 ms, one at a time 310 ms; in 2-D (B = 1000)
+# both cotangents stay in one vmap.
 _EXACT_TRACE_ELEMENTS = 2 ** 16
 
 
@@ -195,46 +195,73 @@ def dequantization_log_det(levels: int | None, data_range: tuple[float, float], 
 
 
 class _ProbabilityFlow:
-    """The probability-flow drift f~(x, t) and its divergence, counting evaluations."""
+    """The probability-flow drift f~(x, t) and its divergence, counting evaluations.
 
-    def __init__(self, score_fn: ScoreFn, sde: SDE):
+    The vector-Jacobian products of the divergence run batched (one vmapped backward pass) where the
+    model allows it, else one backward pass per cotangent over the retained graph: modules whose
+    backward queries a memory format (diffusers' UNet2DModel, any network in channels_last) fail
+    under vmap with "NYI: querying is_contiguous inside of vmap". The first evaluation tries vmap
+    and keeps whichever works; both give the same products.
+    """
+
+    def __init__(self, score_fn: ScoreFn, sde: SDE, batched: bool | None = None):
         self.flow = sde.reverse(score_fn, probability_flow=True)
         self.nfe = 0
+        self.batched = batched  # None: try vmap on the first evaluation
 
     def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.flow.sde(x, t)[0]
 
     def drift_and_divergence(self, x: torch.Tensor, t: torch.Tensor, probes: torch.Tensor | None):
-        """f~(x, t) and div_x f~ per sample: exact when probes is None, else mean_k v_k^T J v_k.
-
-        Row i of sample b's Jacobian is the vector-Jacobian product with e_i in every sample, valid
-        because f~ acts on each sample independently; the D (or K) products are one batched
-        backward pass (autograd's is_grads_batched, i.e. torch.func.vmap over the cotangents).
-        Plain autograd rather than torch.func.vjp: kernel-only SDEs take f and g^2 by autograd in t.
-        """
+        """f~(x, t) and div_x f~ per sample: exact when probes is None, else mean_k v_k^T J v_k."""
         self.nfe += 1
+        if self.batched is None:
+            try:
+                result = self._drift_and_divergence(x, t, probes, batched=True)
+            except RuntimeError as err:
+                if "vmap" not in str(err):
+                    raise
+                self.batched = False
+            else:
+                self.batched = True
+                return result
+        return self._drift_and_divergence(x, t, probes, self.batched)
+
+    def _drift_and_divergence(self, x, t, probes, batched: bool):
+        """Row i of sample b's Jacobian is the vector-Jacobian product with e_i in every sample, valid
+        because f~ acts on each sample independently. Plain autograd rather than torch.func.vjp:
+        kernel-only SDEs take f and g^2 by autograd in t."""
+        vjps = _batched_vjps if batched else _looped_vjps
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             drift = self.drift(xg, t)
             if probes is not None:
-                vjps = _batched_vjp(drift, xg, probes, retain_graph=False)  # (K, B, ...)
-                return drift.detach(), (vjps * probes).flatten(2).sum(-1).mean(0)
+                products = vjps(drift, xg, probes, retain_graph=False)  # (K, B, ...)
+                return drift.detach(), (products * probes).flatten(2).sum(-1).mean(0)
             B, D = x.shape[0], x[0].numel()
             basis = torch.eye(D, dtype=x.dtype, device=x.device).reshape(D, 1, *x.shape[1:])
-            chunk = max(1, _EXACT_TRACE_ELEMENTS // (B * D))
+            chunk = max(1, _EXACT_TRACE_ELEMENTS // (B * D)) if batched else 1
             div = torch.zeros(B, dtype=x.dtype, device=x.device)
             for i in range(0, D, chunk):
                 e = basis[i:i + chunk].expand(-1, *x.shape)
-                rows = _batched_vjp(drift, xg, e, retain_graph=i + chunk < D).reshape(-1, B, D)
+                rows = vjps(drift, xg, e, retain_graph=i + chunk < D).reshape(-1, B, D)
                 div += torch.diagonal(rows, offset=i, dim1=0, dim2=2).sum(-1)
         return drift.detach(), div
 
 
-def _batched_vjp(out: torch.Tensor, x: torch.Tensor, cotangents: torch.Tensor,
-                 retain_graph: bool) -> torch.Tensor:
+def _batched_vjps(out: torch.Tensor, x: torch.Tensor, cotangents: torch.Tensor,
+                  retain_graph: bool) -> torch.Tensor:
     """v^T d out / d x for each v in cotangents (K, *out.shape), in one vmapped backward pass."""
     (g,) = torch.autograd.grad(out, x, cotangents, retain_graph=retain_graph, is_grads_batched=True)
     return g
+
+
+def _looped_vjps(out: torch.Tensor, x: torch.Tensor, cotangents: torch.Tensor,
+                 retain_graph: bool) -> torch.Tensor:
+    """The same products as `_batched_vjps`, one backward pass each (for modules vmap cannot run)."""
+    last = len(cotangents) - 1
+    return torch.stack([torch.autograd.grad(out, x, v, retain_graph=retain_graph or k < last)[0]
+                        for k, v in enumerate(cotangents)])
 
 
 def _per_sample_norm(ratios: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -7,6 +7,7 @@ from .base import SDE, ReverseSDE, batch_view, check_kwargs
 from .cosine import CosineVPSDE
 from .kernel import KernelSDE
 from .learned import LearnedSDE, MonotoneGamma
+from .tabulated import TabulatedVPSDE
 from .subvp import SubVPSDE
 from .ve import VESDE
 from .vp import VPSDE
@@ -36,4 +37,4 @@ def list_sdes() -> list[str]:
 
 
 __all__ = ["SDE", "ReverseSDE", "KernelSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "LearnedSDE",
-           "MonotoneGamma", "register_sde", "get_sde", "list_sdes", "batch_view", "SDES"]
+           "MonotoneGamma", "TabulatedVPSDE", "register_sde", "get_sde", "list_sdes", "batch_view", "SDES"]
