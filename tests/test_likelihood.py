@@ -144,18 +144,76 @@ def test_fixed_grid_rk4_on_a_mixture_matches_the_reference():
     assert errors["uniform_t"] / 2 < 1e-3 and errors["uniform_t"] < errors["log_snr"], errors
 
 
-@pytest.mark.parametrize("chunked", [False, True])
-def test_exact_divergence_matches_closed_form(monkeypatch, chunked):
+@pytest.mark.parametrize("chunked, batched", [(False, None), (True, None), (False, False)])
+def test_exact_divergence_matches_closed_form(monkeypatch, chunked, batched):
+    """Vmapped products (in one chunk or several) and looped ones (batched=False) alike."""
     if chunked:  # force the D vector-Jacobian products into several chunks
         monkeypatch.setattr(lik, "_EXACT_TRACE_ELEMENTS", 40 * 16 * 3)
     sde, gm = VPSDE(), mixture(16)
     x, _ = gm.sample(40, torch.Generator().manual_seed(3))
     t = torch.rand(40, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 0.9 + 0.05
-    flow = lik._ProbabilityFlow(gm.score_fn(sde), sde)
+    flow = lik._ProbabilityFlow(gm.score_fn(sde), sde, batched=batched)
     drift, div = flow.drift_and_divergence(x, t, None)
     truth = mixture_pf_divergence(gm, sde, x, t)
     assert torch.allclose(div, truth, rtol=1e-10, atol=1e-10)
     assert torch.allclose(drift, sde.reverse(gm.score_fn(sde), probability_flow=True).sde(x, t)[0])
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_a_model_vmap_cannot_run_falls_back_to_looped_products(monkeypatch, trace):
+    """When the vmapped backward fails as on diffusers' UNet, the solve switches to one backward pass
+    per cotangent after that single try and still meets the Gaussian closed form."""
+    calls = []
+
+    def vmap_fails(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("NYI: querying is_contiguous inside of vmap for memory_format other than "
+                           "torch.contiguous_format")
+
+    monkeypatch.setattr(lik, "_batched_vjps", vmap_fails)
+    sde, m, s = VPSDE(), 0.7, 0.3
+    x = m + s * torch.randn(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    truth, _ = gaussian_flow_truth(sde, x, m, s)
+    res = log_likelihood(gaussian_score_fn(sde, m, s), sde, x, rtol=1e-8, atol=1e-8, trace=trace,
+                         generator=torch.Generator().manual_seed(1))
+    assert len(calls) == 1 and res.nfe > 10
+    # the Gaussian flow's Jacobian is a multiple of I, so Hutchinson with Rademacher probes is exact too
+    assert (res.log_p - truth).abs().max() < 1e-6
+
+
+def test_other_errors_under_vmap_are_not_swallowed():
+    def broken(x, t):
+        raise RuntimeError("the model is broken")
+
+    flow = lik._ProbabilityFlow(broken, VPSDE())
+    with pytest.raises(RuntimeError, match="the model is broken"):
+        flow.drift_and_divergence(torch.zeros(2, 2, dtype=torch.float64), torch.full((2,), 0.5, dtype=torch.float64), None)
+
+
+def test_channels_last_unet_takes_the_looped_path_with_the_same_result():
+    """The same U-Net in contiguous (vmapped products) and channels_last (vmap fails: looped)
+    memory formats gives the same divergence and log-likelihood."""
+    from scoresde.models import ScoreModel, build_model
+
+    torch.manual_seed(0)
+    net = build_model("unet", in_channels=1, image_size=4, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                      attn_resolutions=(), dropout=0.0).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.05)
+    model = ScoreModel(net, VPSDE())
+    x = 0.5 * torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0.1, 0.6], dtype=torch.float64)
+    flat = lik._ProbabilityFlow(model.score_fn(), model.sde)
+    _, div = flat.drift_and_divergence(x, t, None)
+    ref = log_likelihood(model.score_fn(), model.sde, x, method="rk4", steps=2)
+    model = model.to(memory_format=torch.channels_last)
+    cl = lik._ProbabilityFlow(model.score_fn(), model.sde)
+    _, div_cl = cl.drift_and_divergence(x, t, None)
+    assert flat.batched is True and cl.batched is False
+    assert torch.allclose(div_cl, div, rtol=1e-10, atol=0)
+    res = log_likelihood(model.score_fn(), model.sde, x, method="rk4", steps=2)
+    assert torch.allclose(res.log_p, ref.log_p, rtol=1e-10, atol=0)
 
 
 @pytest.mark.parametrize("probes", ["rademacher", "gaussian"])
