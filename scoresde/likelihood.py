@@ -28,7 +28,8 @@ uniform dequantization x = lo + (hi - lo)(v + u) / levels, u ~ U[0, 1)^D (Theis 
 
     log P(v) >= E_u[log p_x(x)] + D log((hi - lo) / levels),
 
-estimated with K draws of u; (lo, hi) is the data range the model was trained on.
+estimated with K draws of u; (lo, hi) is the data range the model was trained on. The map, its
+log-determinant and the bits/dim formula are scoresde.data.quantized's.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from typing import NamedTuple
 import torch
 from torchdiffeq import odeint
 
+from .data import quantized
+from .data.quantized import check_data_range, check_levels, dequantize
 from .sampling.schedules import time_grid
 from .sdes.base import (MIN_EPS, SDE, ScoreFn, check_data, check_generator, check_kwargs,
                         check_positive_finite, check_sde, check_steps, check_tolerance)
@@ -139,9 +142,10 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, v: torch.Tensor, *, levels: int,
 
     `levels` is the data set's number of levels (17 for sklearn digits, 256 for 8-bit images) and
     `data_range` = (lo, hi) the interval the model's data lives in: x = lo + (hi - lo)(v + u)/levels
-    (scoresde.data trains on (-1, 1)). Each of the n_draws dequantizations u ~ U[0, 1)^D (in
-    `dtype`) is drawn from `generator`, which also draws the Hutchinson probes; likelihood_kwargs
-    go to `log_likelihood`.  bpd = -(mean_k log p_x(x_k) + D log((hi - lo)/levels)) / (D log 2).
+    (scoresde.data trains on (-1, 1)). Each of the n_draws dequantizations u ~ U[0, 1)^D
+    (scoresde.data.quantized.dequantize, rounded to `dtype`) is drawn from `generator`, which also
+    draws the Hutchinson probes; likelihood_kwargs go to `log_likelihood`.
+    bpd = -(mean_k log p_x(x_k) + D log((hi - lo)/levels)) / (D log 2)  (quantized.bits_per_dim).
     """
     if not torch.is_tensor(v) or torch.is_floating_point(v) or torch.is_complex(v) or v.dim() < 2:
         raise TypeError(f"v must be an integer tensor of levels, shape (batch, ...), got "
@@ -149,9 +153,7 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, v: torch.Tensor, *, levels: int,
                         f"bits_per_dim dequantizes it")
     if v.dtype == torch.bool or v.shape[0] == 0 or v.numel() == 0:
         raise ValueError(f"v must be a non-empty integer tensor of levels, got dtype {v.dtype} and shape {tuple(v.shape)}")
-    if (not isinstance(data_range, (tuple, list)) or len(data_range) != 2
-            or not all(isinstance(a, numbers.Real) and not isinstance(a, bool) for a in data_range)):
-        raise TypeError(f"data_range must be a pair of numbers (lo, hi), got {data_range!r}")
+    check_data_range(data_range)
     if not isinstance(dtype, torch.dtype) or dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype={dtype!r} is not allowed: use torch.float32 or torch.float64")
     if max(abs(float(a)) for a in data_range) > torch.finfo(dtype).max / 4:
@@ -163,35 +165,20 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, v: torch.Tensor, *, levels: int,
     if levels is None:
         raise ValueError("levels=None is not allowed: bits_per_dim is for quantized data; use "
                          "log_likelihood for continuous data")
-    num_dims = v[0].numel()
-    log_det = dequantization_log_det(levels, data_range, num_dims)
+    check_levels(levels)
     check_steps("n_draws", n_draws)
-    if v.numel() and (int(v.min()) < 0 or int(v.max()) >= levels):
+    if int(v.min()) < 0 or int(v.max()) >= levels:
         raise ValueError(f"v has values in [{int(v.min())}, {int(v.max())}], outside [0, {levels}) "
                          f"for levels={levels}")
-    lo, hi = (float(a) for a in data_range)
+    num_dims = v[0].numel()
     bpd, nfe = [], 0
     for _ in range(n_draws):
-        u = torch.rand(v.shape, generator=generator, dtype=dtype).to(v.device)
-        x = lo + (hi - lo) * (v.to(dtype) + u) / levels
+        x = dequantize(v, levels, generator=generator, dtype=dtype, data_range=data_range)
         res = log_likelihood(score_fn, sde, x, generator=generator, **likelihood_kwargs)
-        bpd.append(-(res.log_p + log_det) / (num_dims * math.log(2.0)))
+        bpd.append(quantized.bits_per_dim(res.log_p, levels, num_dims, data_range))
         nfe += res.nfe
     draws = torch.stack(bpd)
     return BitsPerDim(draws.mean(0), draws, nfe)
-
-
-def dequantization_log_det(levels: int | None, data_range: tuple[float, float], num_dims: int) -> float:
-    """D log((hi - lo) / levels) = log|dx / d(v + u)| for x = lo + (hi - lo)(v + u)/levels; 0 if levels is None."""
-    if levels is None:
-        return 0.0
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-        raise ValueError(f"levels={levels!r} is not allowed: it must be an integer >= 2")
-    lo, hi = (float(a) for a in data_range)
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo and math.isfinite(hi - lo)):
-        raise ValueError(f"data_range={data_range!r} is not allowed: it must be (lo, hi) with lo < hi, "
-                         f"both finite and hi - lo finite")
-    return num_dims * math.log((hi - lo) / levels)
 
 
 class _ProbabilityFlow:

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from ..likelihood import dequantization_log_det
+from ..data.quantized import log_det_jacobian
 from ..models.parametrization import eps_error_scale, target
 from ..sdes.base import batch_view
 from .weighting import sample_t
@@ -60,7 +60,7 @@ def vdm_loss(model, sde, x0: torch.Tensor, y: torch.Tensor | None = None, *, lev
     if not hasattr(sde, "gamma_and_derivative"):
         raise ValueError(f"vdm_loss needs an SDE with a learned schedule gamma(t) (LearnedSDE), got "
                          f"{type(sde).__name__}")
-    log_det = dequantization_log_det(levels, data_range, x0[0].numel())
+    log_det = 0.0 if levels is None else log_det_jacobian(levels, x0[0].numel(), data_range)
     B, D = x0.shape[0], x0[0].numel()
     ones = x0.new_ones(B)
 
