@@ -50,11 +50,18 @@ class TabulatedVPSDE(KernelSDE):
         # centred slopes, exact for linear beta, at most twice either secant (all are negative)
         slopes[1:-1] = torch.maximum((secants[:-1] + secants[1:]) / 2, 2 * torch.maximum(secants[:-1], secants[1:]))
         slopes[0], slopes[-1] = _end_slope(secants[0], secants[1]), _end_slope(secants[-1], secants[-2])
-        self._knots, self._slopes = knots, slopes
+        self._tables = {(torch.device("cpu"), torch.float64): (knots, slopes)}
+
+    def _table(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Knot values and slopes on t's device and in its dtype (copied once per device and dtype)."""
+        key = (t.device, t.dtype)
+        if key not in self._tables:
+            self._tables[key] = tuple(v.to(t.device, t.dtype) for v in self._tables[torch.device("cpu"), torch.float64])
+        return self._tables[key]
 
     def log_alpha_sq_and_slope(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """L(t) = log alpha(t)^2 and L'(t), from the Hermite cubic of t's interval."""
-        knots, slopes = self._knots.to(t.device, t.dtype), self._slopes.to(t.device, t.dtype)
+        knots, slopes = self._table(t)
         u = t * self.N
         j = u.detach().floor().clamp(0, self.N - 1).long()
         s = u - j
