@@ -14,9 +14,10 @@ eps = t_n < ... < t_0 = T: a known cost (steps times the method's stages) and a 
 O(h^order), with no error control.
 
 * The divergence is exact (trace of each sample's Jacobian, from D vector-Jacobian products,
-  vectorised with torch.func.vmap, or looped where the model cannot run under vmap) or the Hutchinson-Skilling estimate  E_v[v^T J v]  with probes v
-  drawn once per sample and held fixed for the whole solve (redrawing them at every evaluation makes
-  the ODE rough: dopri5 went from 92 to 12,242 NFE).
+  vectorised with torch.func.vmap, or looped where the model cannot run under vmap) or the
+  Hutchinson-Skilling estimate  E_v[v^T J v]  with probes v drawn once per sample and held fixed
+  for the whole solve (redrawing them at every evaluation makes the ODE rough: dopri5 went from 92
+  to 12,242 NFE).
 * A batch shares one adaptive step size, but the error norm is per sample: the step is accepted
   only if every sample's error (RMS over its x, and its delta on its own, in units of
   atol + rtol |y|) is within tolerance. A hard sample shrinks the step for all and so costs NFE,
@@ -34,8 +35,6 @@ log-determinant and the bits/dim formula are scoresde.data.quantized's.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import NamedTuple
 
 import torch

@@ -127,7 +127,8 @@ def test_unsupported_scheduler_and_prediction_type_are_named():
 
 @pytest.mark.parametrize("method", list_samplers())
 def test_every_sampler_runs(method):
-    score_fn, sde = from_diffusers(tiny_unet(dtype=torch.float32), diffusers.DDPMScheduler(prediction_type="v_prediction"))
+    scheduler = diffusers.DDPMScheduler(prediction_type="v_prediction")
+    score_fn, sde = from_diffusers(tiny_unet(dtype=torch.float32), scheduler)
     options = {"ode": {"rtol": 1e-2, "atol": 1e-2}, "annealed_langevin": {"n_steps_each": 2}}.get(method, {})
     steps = None if method == "ode" else 3
     x = sample(score_fn, sde, (2, 1, 8, 8), method=method, steps=steps,

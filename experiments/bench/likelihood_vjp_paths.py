@@ -66,8 +66,8 @@ def main() -> None:
     p.add_argument("--mlp-batch", type=int, default=100, help="64-D points per evaluation")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"| model | trace | batch | vmapped (ms) | looped (ms) | looped / vmapped |")
-    print(f"|---|---|---|---|---|---|")
+    print("| model | trace | batch | vmapped (ms) | looped (ms) | looped / vmapped |")
+    print("|---|---|---|---|---|---|")
     for name, score_fn, sde, x in models(args.image_batch, args.mlp_batch):
         for trace in ("exact", "hutchinson"):
             probes = None if trace == "exact" else torch.randint(0, 2, (1,) + x.shape).float() * 2 - 1

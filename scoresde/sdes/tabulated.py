@@ -15,9 +15,9 @@ Then alpha(t_k)^2 = abar_k exactly, sigma^2 = 1 - alpha^2 (variance preserving),
     f(t) = L'(t) / 2,   g(t)^2 = -L'(t) = beta(t),   lambda(t) = (L - log(1 - e^L)) / 2.
 
 Why log abar, and cubic: log abar is -int beta, so linear interpolation would be DDPM's "constant
-beta on each step"; the cubic makes beta(t), and so the drift of the probability-flow ODE, continuous in t
-(linear interpolation would make it jump at each of the N knots), and the limited slopes keep L strictly decreasing, so lambda(t) is too
-and its inverse (KernelSDE's bisection) is well defined.
+beta on each step", and the drift of the probability-flow ODE would jump at each of the N knots;
+the cubic makes beta(t), and so the drift, continuous in t. The limited slopes keep L strictly
+decreasing, so lambda(t) is too and its inverse (KernelSDE's bisection) is well defined.
 """
 
 from __future__ import annotations
