@@ -145,7 +145,7 @@ class Run:
     config: Config | None
     model: torch.nn.Module
     data: DataSpec
-    source: Path
+    source: Path | None
     step: int | None = None
     weights: str = "ema"
 

@@ -55,7 +55,7 @@ def test_round_trip_is_bitwise_with_the_ema_weights_by_default(toy_run, tmp_path
     state = torch.load(latest_checkpoint(run_dir), map_location="cpu", weights_only=True)
     out = scoresde.save_pretrained(run_dir, tmp_path / "exported")
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
-    for source in (out, run_dir, latest_checkpoint(run_dir)):
+    for source in (out, out / "model.safetensors", run_dir, latest_checkpoint(run_dir)):
         model = scoresde.load(source)
         assert_same_weights(model, state["ema"]["module"])
         x, t = fixed_inputs((2,))
@@ -243,6 +243,13 @@ def test_unreadable_config_and_empty_directories_are_named(exported, tmp_path):
         scoresde.load(tmp_path / "empty")
     with pytest.raises(CheckpointError, match="does not exist"):
         scoresde.load(tmp_path / "nowhere")
+
+
+def test_an_export_into_a_run_directory_is_refused(toy_run):
+    """It would hide the run's checkpoints from load: config.json marks a directory as an export."""
+    with pytest.raises(ValueError, match="holds a run's checkpoints"):
+        scoresde.save_pretrained(toy_run[0], toy_run[0])
+    assert not (toy_run[0] / "config.json").exists()
 
 
 def test_save_pretrained_needs_a_model_it_can_describe(tmp_path):

@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..checkpoint import CheckpointError, state_differences
-from ..config import ConfigError, config_from_dict, config_to_dict, validate
+from ..config import config_from_dict, config_to_dict
 from ..run import DataSpec, ModelSpec, Run, load_run
 
 FORMAT = "scoresde-export-1"
@@ -78,7 +78,8 @@ def _json_value(where: str, value):
 
 
 def save_pretrained(model_or_run, out_dir, ema: bool = True) -> Path:
-    """Write `out_dir/model.safetensors` and `out_dir/config.json` (module docstring); returns out_dir.
+    """Write `out_dir/model.safetensors` and `out_dir/config.json` (module docstring), replacing an
+    earlier export there; returns out_dir.
 
     model_or_run: a run directory, a checkpoint or an exported directory (the EMA weights unless
     ema=False), a `Run` from `load_run`, or a ScoreModel built by scoresde (`build_score_model`,
@@ -104,10 +105,17 @@ def save_pretrained(model_or_run, out_dir, ema: bool = True) -> Path:
               "step": run.step,
               "run_config": config_to_dict(run.config) if run.config is not None else None}
     out = Path(out_dir)
+    if any(out.glob("ckpt_*.pt")):
+        raise ValueError(f"{out} holds a run's checkpoints: export into another directory (an export there "
+                         "would hide the checkpoints from scoresde.load)")
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / WEIGHTS_FILE,
+    # each file is written under a temporary name and renamed, so a crash leaves no half-written file
+    tmp_weights, tmp_config = out / f".{WEIGHTS_FILE}.tmp", out / f".{CONFIG_FILE}.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp_weights,
               metadata={"format": FORMAT})
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    tmp_config.write_text(json.dumps(config, indent=2) + "\n")
+    tmp_weights.replace(out / WEIGHTS_FILE)
+    tmp_config.replace(out / CONFIG_FILE)
     return out
 
 
@@ -140,9 +148,9 @@ def read_export(directory, device="cpu") -> Run:
         sde = get_sde(sde_entry["name"], **sde_entry["kwargs"])
         net = build_model(network["name"], **network["kwargs"])
         model = ScoreModel(net, sde, **score_args)
-        run_config = config.get("run_config")
-        cfg = validate(config_from_dict(run_config)) if run_config is not None else None
-    except (TypeError, ValueError, ConfigError) as e:
+        run_config = config.get("run_config")  # for finding the held-out data; the model does not need it
+        cfg = config_from_dict(run_config) if run_config is not None else None
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"{config_path}: {e}") from None
     try:
         weights = load_file(weights_path)
@@ -170,6 +178,8 @@ def load_saved(path, ema: bool = True, device="cpu") -> Run:
     """The Run saved at `path`: an exported directory, a run directory (its newest complete
     checkpoint) or a checkpoint file; the EMA weights unless ema=False. Builds no data set."""
     path = Path(path)
+    if path.name in (CONFIG_FILE, WEIGHTS_FILE) and is_export(path.parent):
+        path = path.parent
     if is_export(path):
         run = read_export(path, device)
         if run.weights == "ema" and not ema:
