@@ -1,4 +1,4 @@
-"""Conversions at the edge: other projects' models as a scoresde score function and SDE.
+"""Conversions at the edge: scoresde models to and from files, and other projects' models.
 
 Nothing here imports the other project: a converter reads the objects it is given.
 """
@@ -6,5 +6,6 @@ Nothing here imports the other project: a converter reads the objects it is give
 from __future__ import annotations
 
 from .diffusers import from_diffusers
+from .export import load, save_pretrained
 
-__all__ = ["from_diffusers"]
+__all__ = ["save_pretrained", "load", "from_diffusers"]
