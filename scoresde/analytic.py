@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from .sdes.base import batch_view, check_generator, check_steps
+from ._checks import check_count as check_steps, check_generator
+from .sdes.base import batch_view
 
 
 def _real(name: str, value, dtype) -> torch.Tensor:

@@ -40,13 +40,14 @@ from typing import NamedTuple
 import torch
 from torchdiffeq import odeint
 
+from ._checks import (MIN_EPS, check_count as check_steps, check_data, check_generator, check_kwargs,
+                      check_positive_finite, check_sde, check_tolerance)
+from .sampling.ode import ADAPTIVE_SOLVERS as ADAPTIVE_METHODS
 from .sampling.schedules import time_grid
-from .sdes.base import (MIN_EPS, SDE, ScoreFn, check_data, check_generator, check_kwargs,
-                        check_positive_finite, check_sde, check_steps, check_tolerance)
+from .sdes.base import SDE, ScoreFn
 
 TRACES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4")  # orders 1, 2, 2, 3, 4; as many stages
 
 # Exact traces vmap `chunk` of the D cotangents over the whole batch at once (chunk * B * D cotangent
