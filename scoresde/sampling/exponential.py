@@ -109,7 +109,10 @@ def multistep(score_fn, sde, x, *, order: int, corrector: bool, steps: int, eps,
 
     def step(x, i, nodes):
         w = quadrature_weights([lj - lam[i] for lj, _ in nodes], lam[i + 1] - lam[i])
-        return (sig[i + 1] / sig[i]) * x + alp[i + 1] * sum(wj * d for wj, (_, d) in zip(w, nodes))
+        out = (sig[i + 1] / sig[i]) * x
+        for wj, (_, d) in zip(w, nodes):  # fused multiply-adds: no temporary the size of x per node
+            out.addcmul_(d, alp[i + 1] * wj)
+        return out
 
     hist = [(lam[0], data_prediction(x, 0))]  # (lambda_j, D_j), newest last
     for i, _, s in step_pairs(ts, progress, name):
