@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from .sdes.base import batch_view, check_generator, check_steps
+from ._checks import check_count, check_generator
+from .sdes.base import batch_view
 
 
 def _real(name: str, value, dtype) -> torch.Tensor:
@@ -62,7 +63,7 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """n draws and their component labels."""
-        n = check_steps("n", n)
+        n = check_count("n", n)
         check_generator(generator)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, dtype=self.means.dtype, generator=generator)

@@ -346,7 +346,7 @@ def validate(cfg: Config) -> Config:
     from .models import MODELS, PARAMETRIZATIONS
     from .sampling import list_samplers
     from .sdes import SDES, list_sdes
-    from .sdes.base import MIN_EPS
+    from ._checks import MIN_EPS
 
     if not isinstance(cfg, Config):
         raise TypeError(f"validate needs a Config (from load_config), got {type(cfg).__name__}")

@@ -40,15 +40,16 @@ from typing import NamedTuple
 import torch
 from torchdiffeq import odeint
 
+from ._checks import (MIN_EPS, check_count, check_data, check_generator, check_kwargs,
+                      check_positive_finite, check_sde, check_tolerance)
 from .data import quantized
 from .data.quantized import check_data_range, check_levels, dequantize
+from .sampling.ode import ADAPTIVE_SOLVERS as ADAPTIVE_METHODS
 from .sampling.schedules import time_grid
-from .sdes.base import (MIN_EPS, SDE, ScoreFn, check_data, check_generator, check_kwargs,
-                        check_positive_finite, check_sde, check_steps, check_tolerance)
+from .sdes.base import SDE, ScoreFn
 
 TRACES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4")  # orders 1, 2, 2, 3, 4; as many stages
 
 # Exact traces vmap `chunk` of the D cotangents over the whole batch at once (chunk * B * D cotangent
@@ -165,7 +166,7 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, v: torch.Tensor, *, levels: int,
         raise ValueError("levels=None is not allowed: bits_per_dim is for quantized data; use "
                          "log_likelihood for continuous data")
     check_levels(levels)
-    check_steps("n_draws", n_draws)
+    check_count("n_draws", n_draws)
     if int(v.min()) < 0 or int(v.max()) >= levels:
         raise ValueError(f"v has values in [{int(v.min())}, {int(v.max())}], outside [0, {levels}) "
                          f"for levels={levels}")
@@ -289,7 +290,7 @@ def _check_args(sde, x, eps, rtol, atol, method, steps, trace, probes, n_probes)
     if method in FIXED_METHODS and steps is None:
         raise ValueError(f"method={method!r} is a fixed-grid solver and needs steps (an integer >= 1)")
     if method in FIXED_METHODS:
-        check_steps("steps", steps)
+        check_count("steps", steps)
     elif method not in ADAPTIVE_METHODS:
         raise ValueError(f"method={method!r} is not allowed: use an adaptive torchdiffeq solver, one of "
                          f"{ADAPTIVE_METHODS}, or a fixed-grid one with steps, one of {FIXED_METHODS}")
@@ -297,7 +298,7 @@ def _check_args(sde, x, eps, rtol, atol, method, steps, trace, probes, n_probes)
         raise ValueError(f"trace={trace!r} is not allowed: use one of {TRACES}")
     if probes not in PROBES:
         raise ValueError(f"probes={probes!r} is not allowed: use one of {PROBES}")
-    check_steps("n_probes", n_probes)
+    check_count("n_probes", n_probes)
 
 
 def _check_model(score_fn: ScoreFn, x: torch.Tensor, eps: float) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from .sdes.base import check_generator, check_positive_finite, check_steps
+from ._checks import check_count as check_steps, check_generator, check_positive_finite
 
 
 def _as_2d(x, name: str = "x", min_rows: int = 1) -> torch.Tensor:

@@ -173,9 +173,20 @@ def test_bad_explicit_grids_are_refused(grid, match):
     ({"batch": 9}, "batch=9 is not allowed: it must be at most the pool of x_T's 8 draws"),
     ({"batch": 0}, "batch"),
     ({"generator": 3}, "generator must be a torch.Generator"),
+    ({"eps": 0.0}, "eps=0.0 is not allowed"),
+    ({"eps": 1.5}, "eps=1.5 is not allowed"),
+    ({"ordr": 2}, "takes no argument 'ordr'; did you mean 'order'"),
+    ({"x_T": torch.zeros(8, 2, dtype=torch.long)}, "x_T has dtype torch.int64"),
 ])
 def test_bad_calibration_input_is_refused(kwargs, match):
     sde = SDES["vp"]
     args = {"method": "unipc", "steps": 4, "x_T": draws(sde, 8, 0), **kwargs}
     with pytest.raises((ValueError, TypeError), match=match):
         calibrate_schedule(RING.score_fn(sde), sde, args.pop("x_T"), **args)
+
+
+@pytest.mark.parametrize("score, sde, match", [(None, SDES["vp"], "score_fn must be a callable"),
+                                               (RING.score_fn(SDES["vp"]), "vp", "sde must be an SDE")])
+def test_calibration_checks_score_and_sde(score, sde, match):
+    with pytest.raises(TypeError, match=match):
+        calibrate_schedule(score, sde, draws(SDES["vp"], 8, 0), steps=4)

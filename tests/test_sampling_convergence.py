@@ -21,7 +21,7 @@ import torch
 from torchdiffeq import odeint
 
 from scoresde.analytic import GaussianMixture, gaussian_score_fn
-from scoresde.sampling import sample
+from scoresde.sampling import sample, time_grid
 from scoresde.sdes import VESDE, VPSDE
 from scoresde.sdes.kernel import KernelSDE
 from scoresde.sdes.learned import LearnedSDE
@@ -128,7 +128,7 @@ def test_unipc_quadrature_weights_integrate_polynomials_exactly(h):
     """sum_j w_j P(u_j) = int_0^h e^{-(h-u)} P(u) du for every P of degree < #nodes (truth: scipy quad)."""
     from scipy.integrate import quad
 
-    from scoresde.sampling.unipc import quadrature_weights
+    from scoresde.sampling.exponential import quadrature_weights
     nodes = [-2.1 * h, -h, 0.0, h]
     w = quadrature_weights(nodes, h)
     for P in [lambda u: 1.0, lambda u: u - 0.3, lambda u: u * u - 3 * u, lambda u: u ** 3 + 1]:
@@ -136,13 +136,45 @@ def test_unipc_quadrature_weights_integrate_polynomials_exactly(h):
         assert math.isclose(sum(wj * P(uj) for wj, uj in zip(w, nodes)), want, rel_tol=1e-9, abs_tol=1e-13)
 
 
+def dpm_solver_pp_multistep(score, sde, x, ts, order: int, lower_order_final: bool) -> torch.Tensor:
+    """DPM-Solver++ in its published multistep form (Lu et al. 2022b, eq. 9 with the Taylor terms of
+    x0 integrated exactly): x_s = (sigma_s/sigma_t) x_t + alpha_s [phi_0 x0 + phi_1 x0' + phi_2 x0''],
+    phi_0 = 1 - e^-h, phi_1 = h - phi_0, phi_2 = h^2/2 - phi_1, the derivatives in lambda from divided
+    differences of the last `order` data predictions; order 1 is DDIM. The oracle for the
+    package's quadrature-weight form, followed by the final Tweedie step at eps."""
+    lam, sig, alp = (v.tolist() for v in (sde.log_snr(ts), sde.sigma(ts), sde.alpha(ts)))
+    n, hist = len(ts) - 1, []
+    for i in range(n):
+        t = torch.full((x.shape[0],), float(ts[i]), dtype=x.dtype)
+        hist = (hist + [(x + sig[i] ** 2 * score(x, t)) / alp[i]])[-order:]
+        used = hist[-min(len(hist), n - i):] if lower_order_final else hist
+        h = lam[i + 1] - lam[i]
+        phi0 = -math.expm1(-h)
+        phi1, update = h - phi0, phi0 * used[-1]
+        if len(used) >= 2:
+            h0 = lam[i] - lam[i - 1]
+            d1 = (used[-1] - used[-2]) / h0
+            if len(used) == 3:
+                h1 = lam[i - 1] - lam[i - 2]
+                dd = (d1 - (used[-2] - used[-3]) / h1) / (h0 + h1)
+                update = update + phi1 * (d1 + h0 * dd) + (h * h / 2 - phi1) * 2 * dd
+            else:
+                update = update + phi1 * d1
+        x = (sig[i + 1] / sig[i]) * x + alp[i + 1] * update
+    t = torch.full((x.shape[0],), float(ts[-1]), dtype=x.dtype)
+    return (x + sig[-1] ** 2 * score(x, t)) / alp[-1]
+
+
+@pytest.mark.parametrize("method, order", [("ddim", 1), ("dpmpp_2m", 2), ("dpmpp_3m", 3)])
 @pytest.mark.parametrize("lower_order_final", [False, True])
-def test_unipc_predictor_alone_is_dpmpp_3m(lower_order_final):
-    """The docstring's claim: without the corrector, the Lagrange-quadrature predictor of order 3 is
-    DPM-Solver++ 3M (our divided-difference form), start-up and lower-order final steps included."""
+def test_predictor_settings_are_ddim_and_dpm_solver_pp(method, order, lower_order_final):
+    """ddim / dpmpp_2m / dpmpp_3m, the predictor of `multistep` without corrector (a Vandermonde
+    moment solve), match DDIM and DPM-Solver++ 2M/3M in their published divided-difference form
+    (the oracle above), start-up and lower-order final steps included."""
     sde = SDES["vp"]
-    score, x_T, _ = gaussian_problem(sde)
-    kw = dict(steps=6, x_T=x_T, schedule="karras", lower_order_final=lower_order_final)
-    a = sample(score, sde, method="dpmpp_3m", **kw)
-    b = sample(score, sde, method="unipc", corrector=False, **kw)
-    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    score, x_T, _ = mixture_problem(sde)
+    ts = time_grid(sde, 6, EPS, "karras")
+    got = sample(score, sde, method=method, steps=6, eps=EPS, x_T=x_T, schedule="karras",
+                 lower_order_final=lower_order_final)
+    want = dpm_solver_pp_multistep(score, sde, x_T, ts, order, lower_order_final)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

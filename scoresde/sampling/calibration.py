@@ -45,8 +45,10 @@ from typing import NamedTuple
 
 import torch
 
-from ..sdes.base import check_generator, check_positive_finite, check_steps
+from .._checks import (check_count, check_data, check_eps, check_generator, check_kwargs, check_positive_finite,
+                       check_sde)
 from .denoise import tweedie_denoise
+from .methods import METHODS
 from .schedules import time_grid
 
 DETERMINISTIC = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ode")
@@ -81,24 +83,32 @@ def calibrate_schedule(score_fn, sde, x_T: torch.Tensor, *, method: str = "unipc
     default: unipc on reference_steps log-SNR steps. method_options go to every run of the method
     (e.g. order).
     """
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be a callable score_fn(x, t) -> tensor shaped like x, got {score_fn!r}")
+    check_sde(sde)
     if method not in DETERMINISTIC:
         raise ValueError(f"method={method!r} cannot be calibrated: use a deterministic fixed-grid "
                          f"sampler, one of {', '.join(DETERMINISTIC)}")
     if "schedule" in method_options:
         raise ValueError("calibrate_schedule chooses the schedule itself: do not pass schedule=")
-    steps = check_steps("steps", steps)
+    check_kwargs(f"sampler {method!r}", METHODS.get(method), method_options,
+                 reserved=("score_fn", "sde", "x", "steps", "eps", "generator", "progress", "project"))
+    eps = check_eps(eps, sde.T)
+    steps = check_count("steps", steps)
     if steps < 2:
         raise ValueError(f"steps={steps} is not allowed: a grid of one step has no time to move; use steps >= 2")
-    iterations = check_steps("iterations", iterations)
-    check_every = check_steps("check_every", check_every)
+    iterations = check_count("iterations", iterations)
+    check_every = check_count("check_every", check_every)
     lr = check_positive_finite("lr", lr)
-    reference_steps = max(10 * steps, 200) if reference_steps is None else check_steps("reference_steps",
+    reference_steps = max(10 * steps, 200) if reference_steps is None else check_count("reference_steps",
                                                                                          reference_steps)
+    if torch.is_tensor(x_T):
+        check_data("x_T", x_T, half=False)
     if not torch.is_tensor(x_T) or x_T.dim() < 2 or x_T.shape[0] < 1:
         raise ValueError(f"x_T must be a batch of prior draws, shape (B, ...), got "
                          f"{tuple(x_T.shape) if torch.is_tensor(x_T) else type(x_T).__name__}")
     pool = x_T.shape[0]
-    batch = min(pool, 2000) if batch is None else check_steps("batch", batch)
+    batch = min(pool, 2000) if batch is None else check_count("batch", batch)
     if batch > pool:
         raise ValueError(f"batch={batch} is not allowed: it must be at most the pool of x_T's {pool} draws")
     check_generator(generator)
@@ -170,8 +180,6 @@ def fine_grid_reference(score_fn, sde, x_T: torch.Tensor, *, steps: int, eps: fl
 def _run(score_fn, sde, method: str, x: torch.Tensor, steps: int, grid, eps: float, **options) -> torch.Tensor:
     """One run of a registered method on `grid` and the final Tweedie step, differentiable in the grid
     (no `sample` wrapper: it runs under no_grad)."""
-    from . import METHODS  # the package imports this module
-
     out, _ = METHODS.get(method)(score_fn, sde, x, steps=steps, eps=eps, generator=None, progress=False,
                                  project=None, schedule=grid, **options)
     return tweedie_denoise(score_fn, sde, out, torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device))

@@ -20,46 +20,8 @@ import abc
 
 import torch
 
-from ..sdes.base import batch_view, check_data, check_positive_finite
-
-
-def _check_callable(name: str, fn) -> None:
-    if not callable(fn):
-        raise TypeError(f"{name} must be a callable {name}(x, t), got {fn!r}")
-
-
-def format_time(t, bad: list[int]) -> str:
-    """The time of the first listed sample, for messages: t a float or a per-sample (B,) tensor."""
-    if torch.is_tensor(t) and t.dim() > 0:
-        t = t[bad[0]] if bad and t.shape[0] > bad[0] else t[0]
-    return f"{float(t):.6g}"
-
-
-def nonfinite_samples(value: torch.Tensor) -> list[int]:
-    """Indices of the samples (rows) of value holding a NaN or inf; [] after one all() when none do."""
-    finite = torch.isfinite(value)
-    if bool(finite.all()):
-        return []
-    return (~finite).flatten(1).any(1).nonzero().flatten().tolist()
-
-
-def listed(bad: list[int]) -> str:
-    """The first ten sample indices, for messages."""
-    return f"{bad[:10]}{' ...' if len(bad) > 10 else ''}"
-
-
-def check_output(value: torch.Tensor, x: torch.Tensor, name: str, t=None) -> torch.Tensor:
-    """Raise if value (returned by `name` at times t, if given) is not a finite tensor shaped like x."""
-    if not torch.is_tensor(value) or value.shape != x.shape:
-        got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-        raise ValueError(f"{name} returned {got}, but it must return a tensor shaped like x {tuple(x.shape)}")
-    if not value.is_floating_point():
-        raise TypeError(f"{name} returned dtype {value.dtype}; it must return a real floating-point tensor like x ({x.dtype})")
-    bad = nonfinite_samples(value)
-    if bad:
-        at = "" if t is None else f" at t={format_time(t, bad)}"
-        raise ValueError(f"{name} returned non-finite values (NaN or inf){at} for samples {listed(bad)}")
-    return value
+from .._checks import check_callable, check_data, check_finite, check_like, check_positive_finite
+from ..sdes.base import batch_view
 
 
 class Guidance(abc.ABC):
@@ -73,11 +35,16 @@ class Guidance(abc.ABC):
         return GuidanceSum(self, other)
 
     def apply(self, score_fn):
-        """The guided score function (x, t) -> score + term, checking the term's output."""
+        """The guided score function (x, t) -> score + term, checking the term's output is shaped like x."""
         def guided(x, t):
             score = score_fn(x, t)
-            return score + check_output(self(x, t, score), x, repr(self), t)
+            return score + check_like(self(x, t, score), x, repr(self))
         return guided
+
+    def raise_if_nonfinite(self, x: torch.Tensor, t, score: torch.Tensor) -> None:
+        """Raise ValueError naming this term, t and the samples if the term is not finite at (x, t)
+        (`sample` asks once the state has turned non-finite, not at every evaluation)."""
+        check_finite(self(x, t, score), repr(self), t)
 
 
 class GuidanceSum(Guidance):
@@ -92,7 +59,11 @@ class GuidanceSum(Guidance):
         self.terms = flat
 
     def __call__(self, x, t, score):
-        return sum(check_output(term(x, t, score), x, repr(term), t) for term in self.terms)
+        return sum(check_like(term(x, t, score), x, repr(term)) for term in self.terms)
+
+    def raise_if_nonfinite(self, x, t, score):
+        for term in self.terms:
+            term.raise_if_nonfinite(x, t, score)
 
     def __repr__(self):
         return " + ".join(map(repr, self.terms))
@@ -111,7 +82,7 @@ class ClassifierGuidance(Guidance):
     """gamma grad_x log p_t(y | x) for a noise-aware classifier(x, t) -> logits (B, K)."""
 
     def __init__(self, classifier, y, scale: float = 1.0):
-        _check_callable("classifier", classifier)
+        check_callable("classifier", classifier)
         if isinstance(y, (bool, float, str)) or y is None or (torch.is_tensor(y) and y.is_floating_point()):
             raise TypeError(f"y must be an integer class or a (batch,) tensor of integer classes, got {y!r}")
         self.classifier, self.y = classifier, y
@@ -139,13 +110,17 @@ class ClassifierFreeGuidance(Guidance):
     """w (s_cond - s_uncond): guided score s_uncond + w (s_cond - s_uncond); w = 1 gives s_cond."""
 
     def __init__(self, cond_score_fn, scale: float):
-        _check_callable("cond_score_fn", cond_score_fn)
+        check_callable("cond_score_fn", cond_score_fn)
         self.cond_score_fn = cond_score_fn
         self.scale = check_positive_finite("scale", scale, allow_zero=True)
 
     def __call__(self, x, t, score):
-        cond = check_output(self.cond_score_fn(x, t), x, "the conditional score function", t)
+        cond = check_like(self.cond_score_fn(x, t), x, "the conditional score function")
         return self.scale * (cond - score)
+
+    def raise_if_nonfinite(self, x, t, score):
+        check_finite(self.cond_score_fn(x, t), "the conditional score function", t)
+        super().raise_if_nonfinite(x, t, score)
 
     def __repr__(self):
         return f"ClassifierFreeGuidance(scale={self.scale})"
@@ -155,12 +130,12 @@ class GradientGuidance(Guidance):
     """scale * grad_fn(x, t), a user-supplied grad_x log p_t(y | x)."""
 
     def __init__(self, grad_fn, scale: float = 1.0):
-        _check_callable("grad_fn", grad_fn)
+        check_callable("grad_fn", grad_fn)
         self.grad_fn = grad_fn
         self.scale = check_positive_finite("scale", scale, allow_zero=True)
 
     def __call__(self, x, t, score):
-        return self.scale * check_output(self.grad_fn(x, t), x, f"guidance gradient {self.grad_fn!r}", t)
+        return self.scale * check_like(self.grad_fn(x, t), x, f"guidance gradient {self.grad_fn!r}")
 
     def __repr__(self):
         return f"GradientGuidance({getattr(self.grad_fn, '__name__', self.grad_fn)!r}, scale={self.scale})"

@@ -27,7 +27,8 @@ import math
 
 import torch
 
-from ..sdes.base import batch_view, check_positive_finite, check_steps
+from .._checks import check_count, check_positive_finite
+from ..sdes.base import batch_view
 from .common import randn_like, step_pairs, times_like
 from .schedules import time_grid
 from .sde_solvers import PREDICTORS
@@ -79,9 +80,6 @@ def pc(score_fn, sde, x, *, steps=None, eps, generator, progress, project,
     return x, {"steps": len(ts) - 1, "times": ts}
 
 
-pc.default_steps = 1000
-
-
 def annealed_langevin(score_fn, sde, x, *, steps=None, eps, generator, progress, project,
                       n_steps_each=100, eps_lr=2e-5, schedule="log_snr"):
     """NCSN's annealed Langevin dynamics over `steps` noise levels; defaults are NCSN's
@@ -91,7 +89,7 @@ def annealed_langevin(score_fn, sde, x, *, steps=None, eps, generator, progress,
     Every level has step_i / sigma_i^2 = eps_lr / sigma_L^2 =: r. Along a direction where the data has
     no spread, p_t is N(., sigma_i^2) and one update multiplies the deviation by 1 - r/2, so r >= 4
     diverges (e.g. a VP-type schedule with sigma_L ~ 1e-3 at NCSN's eps_lr): that is refused."""
-    n_steps_each = check_steps("n_steps_each", n_steps_each)
+    n_steps_each = check_count("n_steps_each", n_steps_each)
     eps_lr = check_positive_finite("eps_lr", eps_lr)
     levels = time_grid(sde, steps or 10, eps, schedule)[1:]
     sigma = sde.sigma(levels)
@@ -108,6 +106,3 @@ def annealed_langevin(score_fn, sde, x, *, steps=None, eps, generator, progress,
         if project is not None:
             x = project(x, t, generator)
     return x, {"steps": len(levels), "times": levels, "n_steps_each": n_steps_each}
-
-
-annealed_langevin.default_steps = 10

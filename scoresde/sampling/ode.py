@@ -16,12 +16,12 @@ from __future__ import annotations
 import torch
 from torchdiffeq import odeint
 
-from ..sdes.base import check_positive_finite
+from .._checks import check_positive_finite
 from .common import no_projection
 from .schedules import time_grid
 
-ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FIXED = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams")
+ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED_SOLVERS = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams")
 
 
 def per_sample_rms_max(error_ratio: torch.Tensor) -> torch.Tensor:
@@ -38,15 +38,15 @@ def ode(score_fn, sde, x, *, steps=None, eps, generator, progress, project, solv
     """
     no_projection("ode", project)
     flow = sde.reverse(score_fn, probability_flow=True)
-    if solver in FIXED:
+    if solver in FIXED_SOLVERS:
         if steps is None:
             raise ValueError(f"ode solver {solver!r} is fixed-step: pass steps (e.g. steps=50)")
         grid = time_grid(sde, steps, eps, schedule).to(x.dtype)
         out = odeint(flow, x, grid, method=solver)
         return out[-1], {"steps": steps, "times": grid}
-    if solver not in ADAPTIVE:
-        raise ValueError(f"unknown ode solver {solver!r}; adaptive: {', '.join(ADAPTIVE)}; "
-                         f"fixed-step: {', '.join(FIXED)}")
+    if solver not in ADAPTIVE_SOLVERS:
+        raise ValueError(f"unknown ode solver {solver!r}; adaptive: {', '.join(ADAPTIVE_SOLVERS)}; "
+                         f"fixed-step: {', '.join(FIXED_SOLVERS)}")
     if steps is not None:
         raise ValueError(f"steps={steps} is not allowed with the adaptive ode solver {solver!r}, which "
                          "chooses its own steps from rtol/atol; pass solver='rk4' (or euler, midpoint) "
@@ -57,6 +57,3 @@ def ode(score_fn, sde, x, *, steps=None, eps, generator, progress, project, solv
     options = {"norm": per_sample_rms_max, "step_t": t[1:], "first_step": 1e-2 * (sde.T - eps)}
     out = odeint(flow, x, t, method=solver, rtol=rtol, atol=atol, options=options)
     return out[-1], {"steps": None, "times": t, "rtol": rtol, "atol": atol}
-
-
-ode.default_steps = None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import Registry
-from ..sdes.base import check_positive_finite, check_steps
+from .._checks import check_count, check_positive_finite
 
 
 def uniform_t(sde, steps: int, eps: float) -> torch.Tensor:
@@ -61,7 +61,7 @@ SCHEDULES = Registry("schedule", "scoresde.schedules",
 def time_grid(sde, steps: int, eps: float, schedule: str | torch.Tensor = "uniform_t", **kwargs) -> torch.Tensor:
     """The (steps + 1,) float64 grid T = t_0 > ... > t_steps = eps of the named schedule, or the
     explicit grid `schedule` itself after checking its length, ends and order."""
-    steps = check_steps("steps", steps)
+    steps = check_count("steps", steps)
     if torch.is_tensor(schedule):
         return _explicit_grid(sde, steps, eps, schedule)
     grid = SCHEDULES.get(schedule)(sde, steps, eps, **kwargs)

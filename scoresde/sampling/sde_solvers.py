@@ -16,6 +16,7 @@ import torch
 
 from ..sdes.base import batch_view
 from .common import randn_like, step_pairs, times_like
+from .denoise import tweedie
 from .schedules import time_grid
 
 
@@ -50,7 +51,7 @@ def ancestral_step(score_fn, sde, x, t, s, generator):
     st = torch.tensor([float(s), float(t)], dtype=torch.float64)
     (alpha_s, alpha_t), (sigma_s, sigma_t) = sde.alpha(st).tolist(), sde.sigma(st).tolist()
     score = score_fn(x, times_like(t, x))
-    x0 = (x + sigma_t ** 2 * score) / alpha_t
+    x0 = tweedie(x, score, alpha_t, sigma_t)
     mean = (alpha_s * g2 / sigma_t ** 2) * x0 + (a * sigma_s ** 2 / sigma_t ** 2) * x
     return mean + math.sqrt(g2) * (sigma_s / sigma_t) * randn_like(x, generator)
 
@@ -80,7 +81,6 @@ def _predictor_method(name: str, default_steps: int):
 
     method.__name__ = name
     method.__doc__ = f"Reverse-SDE sampler looping `{step.__name__}` (default {default_steps} steps).\n\n{step.__doc__}"
-    method.default_steps = default_steps
     return method
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torchsde
 
-from ..sdes.base import check_positive_finite
+from .._checks import check_positive_finite
 from .common import no_projection
 
 ITO = ("euler", "milstein", "srk")
@@ -63,6 +63,3 @@ def torchsde_method(score_fn, sde, x, *, steps=None, eps, generator, progress, p
                                    levy_area_approximation=LEVY_AREA.get(solver, "none"))
     ys = torchsde.sdeint(view, y0, ts, bm=bm, method=solver, dt=dt, adaptive=adaptive, rtol=rtol, atol=atol)
     return ys[-1].reshape(x.shape), {"steps": None if adaptive else steps, "solver": solver}
-
-
-torchsde_method.default_steps = 100

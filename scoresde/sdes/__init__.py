@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..registry import Registry
-from .base import SDE, ReverseSDE, batch_view, check_kwargs
+from .._checks import check_kwargs
+from .base import SDE, ReverseSDE, batch_view
 from .cosine import CosineVPSDE
 from .kernel import KernelSDE
 from .learned import LearnedSDE, MonotoneGamma

@@ -15,110 +15,14 @@ from typing import Callable
 
 import torch
 
+from .._checks import MIN_EPS, check_count, check_data, check_generator, check_positive_finite, check_shape
+
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def batch_view(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Reshape a per-sample coefficient of shape (B,) so it broadcasts against x of shape (B, ...)."""
     return coef.reshape(coef.shape + (1,) * (x.dim() - coef.dim()))
-
-
-def check_real(name: str, value) -> float:
-    """Return value as a float if it is a real number (int, float or numpy scalar; not a bool, a
-    string or a tensor: no silent conversion), else raise TypeError naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number (int or float), got {value!r} "
-                        f"of type {type(value).__name__}")
-    return float(value)
-
-
-def check_positive_finite(name: str, value, allow_zero: bool = False) -> float:
-    """Return value as a float, or raise ValueError naming it and what is allowed."""
-    v = check_real(name, value)
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        allowed = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}={value!r} is not allowed: it must be finite and {allowed}")
-    return v
-
-
-def check_tolerance(name: str, value) -> float:
-    """Return an ODE/SDE solver tolerance in (0, 1] as a float, or raise naming it (a tolerance above 1
-    lets adaptive solvers take steps past the end of the interval: NaN times were observed at 3e38)."""
-    v = check_positive_finite(name, value)
-    if v > 1:
-        raise ValueError(f"{name}={value!r} is not allowed: a solver tolerance must lie in (0, 1]")
-    return v
-
-
-def check_steps(name: str, value) -> int:
-    """Return value as an int >= 1, or raise naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= 1, got {value!r} of type {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}={value} is not allowed: it must be an integer >= 1")
-    return int(value)
-
-
-def check_data(name: str, x, half: bool = True) -> torch.Tensor:
-    """Raise unless x is a real floating-point tensor of shape (batch, ...) holding data (not on the
-    'meta' device); float16/bfloat16 only when `half` (their range, 65504 for float16, is too small
-    for sigma^2 of a VE SDE, so samplers and the likelihood ask for float32 or float64)."""
-    if not torch.is_tensor(x):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (batch, ...), got {type(x).__name__}")
-    allowed = (torch.float16, torch.bfloat16, torch.float32, torch.float64) if half else (torch.float32, torch.float64)
-    if x.dtype not in allowed:
-        raise TypeError(f"{name} has dtype {x.dtype}; it must be one of {', '.join(map(str, allowed))}")
-    if x.device.type == "meta":
-        raise ValueError(f"{name} is on the 'meta' device, which holds no values; move it to 'cpu' or 'cuda'")
-    if x.dim() < 1:
-        raise ValueError(f"{name} must have shape (batch, ...), got a 0-d tensor")
-    return x
-
-
-def check_shape(name: str, shape) -> tuple[int, ...]:
-    """Return shape as a tuple of ints >= 1, or raise naming it."""
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list, torch.Size)):
-        raise TypeError(f"{name} must be a tuple of positive ints such as (batch, 2), got {shape!r}")
-    if len(shape) == 0 or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1 for n in shape):
-        raise ValueError(f"{name}={tuple(shape)!r} is not allowed: it must be (batch, *data_shape) "
-                         f"with integer sizes >= 1")
-    return tuple(int(n) for n in shape)
-
-
-def check_kwargs(what: str, fn, kwargs: dict, reserved=()) -> None:
-    """Raise TypeError for a keyword that fn does not take (and is not reserved), suggesting the
-    closest one it takes; fn taking **kwargs accepts everything."""
-    import difflib
-    import inspect
-
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    allowed = [k for k, p in params.items() if k not in reserved and k != "self"
-               and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    for key in kwargs:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise TypeError(f"{what} takes no argument {key!r}{hint} (allowed: {', '.join(allowed) or 'none'})")
-
-
-# Smallest start/end time eps of sampling and likelihood: float32 times below ~1e-6 are too coarse
-# for sigma(t) near 0 (and eps = 1e-300 rounds to t = 0 in float32).
-MIN_EPS = 1e-6
-
-
-def check_sde(sde) -> None:
-    """Raise TypeError unless sde provides the SDE contract (e.g. scoresde.VPSDE(), get_sde(name))."""
-    if not all(hasattr(sde, a) for a in ("T", "sde", "marginal_prob", "prior_sampling", "prior_logp", "reverse")):
-        raise TypeError(f"sde must be an SDE such as scoresde.VPSDE() (or scoresde.get_sde(name)), got {sde!r}")
-
-
-def check_generator(generator) -> None:
-    """Raise TypeError unless generator is None or a torch.Generator."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r} "
-                        f"(use torch.Generator().manual_seed(seed) for a seed)")
 
 
 class SDE(abc.ABC):
@@ -129,7 +33,7 @@ class SDE(abc.ABC):
     """
 
     def __init__(self, N: int = 1000, T: float = 1.0):
-        self.N = check_steps("N", N)
+        self.N = check_count("N", N)
         self.T = check_positive_finite("T", T)
         if self.T < 100 * MIN_EPS:
             raise ValueError(f"T={T!r} is not allowed: it must be >= {100 * MIN_EPS:g}, so that the times "
@@ -139,6 +43,12 @@ class SDE(abc.ABC):
     @abc.abstractmethod
     def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Drift f(x, t) shaped like x, and diffusion g(t) of shape (B,)."""
+
+    def drift_diffusion(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`sde(x, t)` without checking its input, for callers whose times are valid by construction
+        (the solvers' inner loops, through ReverseSDE): t a (B,) tensor of times in (0, T] in x's
+        dtype. The check of t synchronises with the device, once per call. Defaults to `sde`."""
+        return self.sde(x, t)
 
     @abc.abstractmethod
     def marginal_prob(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,14 +175,15 @@ class ReverseSDE:
         self._c = 0.5 if probability_flow else 1.0
 
     def _times(self, t, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_tensor(t) or t.dim() == 0:
-            t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        return t
+        """t as a (B,) tensor in x's dtype and device (the forward SDE's coefficients are taken
+        unchecked: the solvers' times lie in (0, T] by construction)."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        return t.expand(x.shape[0]) if t.dim() == 0 else t
 
     def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reverse drift f - c g^2 score and diffusion (0 for the probability flow), forward time t."""
         t = self._times(t, x)
-        drift, diffusion = self.forward.sde(x, t)
+        drift, diffusion = self.forward.drift_diffusion(x, t)
         score = self.score_fn(x, t)
         drift = drift - batch_view(diffusion ** 2, x) * score * self._c
         return drift, torch.zeros_like(diffusion) if self.probability_flow else diffusion
@@ -308,5 +219,5 @@ class ReverseSDE:
         if self.probability_flow:
             return torch.zeros_like(y)
         t = self._times(self.T - s, y)
-        _, diffusion = self.forward.sde(self._unflatten(y), t)
+        _, diffusion = self.forward.drift_diffusion(self._unflatten(y), t)
         return batch_view(diffusion, y) * v

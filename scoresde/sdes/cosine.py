@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .base import check_positive_finite
+from .._checks import check_positive_finite
 from .kernel import KernelSDE
 from .vp import MAX_NEG_LOG_ALPHA
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import SDE, batch_view, check_data
+from .._checks import check_data
+from .base import SDE, batch_view
 
 
 class KernelSDE(SDE):
@@ -69,8 +70,11 @@ class KernelSDE(SDE):
 
     # -- the SDE contract ------------------------------------------------------------------------
     def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Drift f(t) x and diffusion g(t)."""
-        t = self.check_t(t, check_data("x", x))
+        """Drift f(t) x and diffusion g(t), after checking x and t."""
+        return self.drift_diffusion(x, self.check_t(t, check_data("x", x)))
+
+    def drift_diffusion(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drift f(t) x and diffusion g(t) for t a (B,) tensor of times in (0, T], unchecked."""
         return batch_view(self.f(t), x) * x, torch.sqrt(self.g2(t))
 
     def marginal_prob(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

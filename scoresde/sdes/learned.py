@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import check_real, check_steps
+from .._checks import check_count, check_real
 from .kernel import KernelSDE
 
 MAX_FEATURES = 2 ** 16
@@ -45,7 +45,7 @@ class MonotoneGamma(nn.Module):
             raise ValueError(f"gamma_min={gamma_min!r}, gamma_max={gamma_max!r} are not allowed: they must "
                              f"satisfy -{GAMMA_LIMIT:g} <= gamma_min < gamma_max <= {GAMMA_LIMIT:g} "
                              f"(alpha^2 = sigmoid(-gamma) and sigma^2 stay normal in float32)")
-        if check_steps("n_features", n_features) > MAX_FEATURES:
+        if check_count("n_features", n_features) > MAX_FEATURES:
             raise ValueError(f"n_features={n_features} is not allowed: it must be <= {MAX_FEATURES} "
                              f"(VDM uses 1024; each feature costs B floats per evaluation)")
         self.gamma_min = nn.Parameter(torch.tensor(gamma_min))

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .base import check_data, check_positive_finite
+from .._checks import check_data, check_positive_finite
 from .kernel import KernelSDE
 
 # sigma^2 (in g^2, in Tweedie's step, in the prior's log-density) must be finite and normal in float32

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import batch_view, check_data, check_positive_finite
+from .._checks import check_data, check_positive_finite
+from .base import batch_view
 from .kernel import KernelSDE
 
 
