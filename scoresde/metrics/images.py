@@ -17,18 +17,19 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .features import ImageFeatures, as_features, check_same_network
+from .features import ImageFeatures, check_same_network, image_features, statistics_or_images
 from .inception import load_feature_network
 from .points import gaussian_frechet_distance
 
 METRICS = ("fid", "kid", "is", "pr")
+KID_MATRIX_ENTRIES = 2 ** 24  # 128 MiB of float64: above it, KID computes each subset's kernel afresh
 
 
 class KID(NamedTuple):
     """Kernel Inception Distance: the mean of the unbiased MMD^2 estimates over `subsets` random
     subsets of `subset_size` images per set, and their standard deviation (the "+-" of Binkowski et
-    al. 2018 and torch-fidelity: the spread of one subset's estimate, not the error of the mean; it
-    is 0 when subset_size covers both sets, as every subset is then the whole set)."""
+    al. 2018 and torch-fidelity: the spread of one subset's estimate, not the error of the mean; 0
+    with one subset, used when subset_size covers both sets, as every subset is then the whole set)."""
     mean: float
     std: float
     subsets: int
@@ -62,8 +63,9 @@ def kernel_inception_distance(feat_x, feat_y, subsets: int = 100, subset_size: i
                               generator: torch.Generator | None = None) -> KID:
     """Unbiased MMD^2 with the cubic polynomial kernel k(a, b) = (a.b / D + 1)^3 (Binkowski et al.
     2018), on `subsets` pairs of random subsets (without replacement) of m = min(subset_size, N_x,
-    N_y) rows each:  MMD_u^2 = sum_{i!=j} [k(x_i, x_j) + k(y_i, y_j)] / (m (m - 1))
-    - 2 sum_{i,j} k(x_i, y_j) / m^2.  Defaults as clean-fid and torch-fidelity (100 x 1000)."""
+    N_y) rows each (one pair when m covers both sets):
+        MMD_u^2 = sum_{i != j} [k(x_i, x_j) + k(y_i, y_j)] / (m (m - 1)) - 2 sum_{i, j} k(x_i, y_j) / m^2.
+    Defaults as clean-fid and torch-fidelity (100 subsets of 1000)."""
     x, y = _rows(feat_x, "feat_x"), _rows(feat_y, "feat_y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"feat_x and feat_y must have the same dimension, got {x.shape[1]} and {y.shape[1]}")
@@ -73,12 +75,19 @@ def kernel_inception_distance(feat_x, feat_y, subsets: int = 100, subset_size: i
     m = min(subset_size, x.shape[0], y.shape[0])
     if m < 2:
         raise ValueError(f"KID needs at least 2 rows per set, got {x.shape[0]} and {y.shape[0]}")
+    if m == x.shape[0] == y.shape[0]:
+        subsets = 1  # every subset would be both whole sets
     d = x.shape[1]
+    kernel = lambda u, v: (u @ v.T / d + 1) ** 3  # noqa: E731
+    # a whole kernel matrix, when it fits, serves every subset by indexing (2000 + 2000 images in
+    # 2048-D: 3 matrix products instead of 300)
+    whole = [kernel(u, v) if u.shape[0] * v.shape[0] <= KID_MATRIX_ENTRIES else None for u, v in ((x, x), (y, y), (x, y))]
     estimates = torch.empty(subsets, dtype=torch.float64)
     for s in range(subsets):
-        a = x[torch.randperm(x.shape[0], generator=generator)[:m]]
-        b = y[torch.randperm(y.shape[0], generator=generator)[:m]]
-        kxx, kyy, kxy = ((u @ v.T / d + 1) ** 3 for u, v in ((a, a), (b, b), (a, b)))
+        i = torch.randperm(x.shape[0], generator=generator)[:m]
+        j = torch.randperm(y.shape[0], generator=generator)[:m]
+        kxx, kyy, kxy = (kernel(u[a], v[b]) if w is None else w[a][:, b]
+                         for w, u, a, v, b in zip(whole, (x, y, x), (i, j, i), (x, y, y), (i, j, j)))
         within = (kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
         estimates[s] = within - 2 * kxy.mean()
     std = float(estimates.std()) if subsets > 1 else 0.0
@@ -152,11 +161,16 @@ def image_metrics(fake, reference=None, metrics=METRICS, *, features=None, batch
     if paired and reference is None:
         raise ValueError(f"{', '.join(paired)} compare against a reference: pass reference=")
     network = None if features is None else load_feature_network(features)
-    options = dict(batch_size=batch_size, device=device, progress=progress)
-    fake_f = as_features(fake, network, need_logits="is" in metrics, name="fake", **options)
-    ref_f = None
+    # both sets are checked before either pass, so a bad reference does not wait for the fake pass
+    fake_s = statistics_or_images(fake, network, "is" in metrics, "fake")
+    ref_s = statistics_or_images(reference, network, name="reference") if paired else None
+
+    def computed(s, need_logits=False):
+        return s if isinstance(s, ImageFeatures) else image_features(
+            s, network, batch_size=batch_size, device=device, progress=progress, need_logits=need_logits)
+    fake_f = computed(fake_s, "is" in metrics)
+    ref_f = computed(ref_s) if paired else None
     if paired:
-        ref_f = as_features(reference, network, name="reference", **options)
         check_same_network(fake_f, ref_f)
     out = {}
     for m in metrics:

@@ -27,6 +27,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -86,7 +87,7 @@ class FeatureNetwork:
     @property
     def identity(self) -> str:
         lo, hi = self.input_range
-        return f"{self.name}; input {self.size}x{self.size} bilinear, range [{lo:g}, {hi:g}]"
+        return f"{self.name}; input {self.size}x{self.size} bilinear, range [{lo!r}, {hi!r}]"
 
     @property
     def key(self) -> str:
@@ -118,7 +119,10 @@ class FeatureNetwork:
 
     def _on(self, device: torch.device) -> torch.nn.Module:
         if self._module is None:
-            self._module = torch.jit.load(str(self._path), map_location="cpu")
+            # torch 2.13 deprecates torch.jit.load for torch.export, which cannot read TorchScript files
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
+                self._module = torch.jit.load(str(self._path), map_location="cpu")
         if self._device != device:
             self._module = self._module.to(device).eval()
             self._device = device
