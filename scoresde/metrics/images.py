@@ -36,7 +36,8 @@ class KID(NamedTuple):
     subset_size: int
 
     def __str__(self) -> str:
-        return f"KID {self.mean:.5f} +- {self.std:.5f} ({self.subsets} subsets of {self.subset_size})"
+        return (f"KID {self.mean:.5f} +- {self.std:.5f} ({self.subsets} subset{'s' * (self.subsets != 1)} "
+                f"of {self.subset_size})")
 
 
 class InceptionScore(NamedTuple):
@@ -81,7 +82,8 @@ def kernel_inception_distance(feat_x, feat_y, subsets: int = 100, subset_size: i
     kernel = lambda u, v: (u @ v.T / d + 1) ** 3  # noqa: E731
     # a whole kernel matrix, when it fits, serves every subset by indexing (2000 + 2000 images in
     # 2048-D: 3 matrix products instead of 300)
-    whole = [kernel(u, v) if u.shape[0] * v.shape[0] <= KID_MATRIX_ENTRIES else None for u, v in ((x, x), (y, y), (x, y))]
+    whole = [kernel(u, v) if u.shape[0] * v.shape[0] <= KID_MATRIX_ENTRIES else None
+             for u, v in ((x, x), (y, y), (x, y))]
     estimates = torch.empty(subsets, dtype=torch.float64)
     for s in range(subsets):
         i = torch.randperm(x.shape[0], generator=generator)[:m]

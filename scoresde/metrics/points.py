@@ -99,7 +99,7 @@ def gaussian_frechet_distance(mean_x, cov_x, mean_y, cov_y) -> float:
     came out 7e-11 against sqrtm's 1.5e-3, for a trace of 4.2e4, and in half sqrtm's time.
     """
     mean_x, mean_y = np.asarray(mean_x, dtype=np.float64), np.asarray(mean_y, dtype=np.float64)
-    cov_x, cov_y = np.atleast_2d(np.asarray(cov_x, dtype=np.float64)), np.atleast_2d(np.asarray(cov_y, dtype=np.float64))
+    cov_x, cov_y = (np.atleast_2d(np.asarray(c, dtype=np.float64)) for c in (cov_x, cov_y))
     d = mean_x.size
     if mean_x.shape != (d,) or mean_y.shape != (d,) or cov_x.shape != (d, d) or cov_y.shape != (d, d):
         raise ValueError(f"means must have shape (D,) and covariances (D, D) with one D, got {mean_x.shape}, "
