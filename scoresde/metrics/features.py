@@ -33,10 +33,9 @@ class ImageFeatures:
     cov: np.ndarray | None = None
 
     def __post_init__(self):
-        f64 = self.features.astype(np.float64)
-        if self.mean is None:
+        if self.mean is None or self.cov is None:
+            f64 = self.features.astype(np.float64)
             self.mean = f64.mean(0)
-        if self.cov is None:
             self.cov = np.atleast_2d(np.cov(f64, rowvar=False)) if len(f64) > 1 else np.zeros((f64.shape[1],) * 2)
 
     def __len__(self) -> int:
