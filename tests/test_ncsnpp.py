@@ -109,3 +109,15 @@ def test_bad_shapes_are_named():
     net = NCSNpp(**SMALL)
     with pytest.raises(ValueError, match=r"x must have shape \(batch, 2, 16, 16\)"):
         net(torch.randn(1, 3, 16, 16), torch.ones(1))
+
+
+@pytest.mark.parametrize("name,expected", [("cifar10_ddpmpp", 61_804_419), ("cifar10_ncsnpp", 62_758_915)])
+def test_shipped_cifar10_configs_build_the_papers_networks(name, expected):
+    from pathlib import Path
+
+    from scoresde.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "experiments" / "configs" / f"{name}.toml")
+    with torch.device("meta"):
+        net = build_model(cfg.model.name, in_channels=3, image_size=32, **cfg.model.params)
+    assert score_sde_count(net) == expected
