@@ -47,7 +47,8 @@ def test_upfirdn2d_matches_its_definition(up, down, pad):
 
 
 def _line_up(v):
-    """[1,3,3,1] x2 upsampling of a zero-extended line: y[2i] = (v[i-1] + 3 v[i]) / 4, y[2i+1] = (3 v[i] + v[i+1]) / 4."""
+    """[1,3,3,1] x2 upsampling of a zero-extended line:
+    y[2i] = (v[i-1] + 3 v[i]) / 4,  y[2i+1] = (3 v[i] + v[i+1]) / 4."""
     e = np.concatenate([[0.0], v, [0.0]])
     out = np.zeros(2 * len(v))
     out[0::2] = (e[:-2] + 3 * e[1:-1]) / 4

@@ -5,7 +5,8 @@ net(x, c_noise) under torch.no_grad() in eval mode, "forward+backward" is one tr
 network work in train mode (dropout on): net(x, c_noise).square().mean().backward(). Each
 measurement is taken --repeats times after one warm-up call, the networks interleaved in every
 round (so load on a shared machine hits all alike), and the median is divided by the batch size.
-torch runs with --threads intra-op threads (OMP_NUM_THREADS is set to the same).
+torch runs with --threads intra-op threads (OMP_NUM_THREADS is set to the same); the header states
+the machine's load average before and after, since other work on a shared machine slows every row.
 
 Networks: DDPM++ and NCSN++ with the defaults of scoresde.models (score_sde's
 vp/cifar10_ddpmpp_continuous and ve/cifar10_ncsnpp_continuous), DDPM++ deep (8 blocks per level,
@@ -76,6 +77,7 @@ def main(argv=None) -> str:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     nets = networks()
+    load_before = os.getloadavg()[0]
     x = torch.randn(args.batch, 3, 32, 32)
     c = torch.rand(args.batch)
     times = {name: {"fwd": [], "fwdbwd": []} for name in nets}
@@ -91,7 +93,8 @@ def main(argv=None) -> str:
              f"--threads {args.threads}",
              f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
              f"{args.threads} thread(s) (OMP_NUM_THREADS={args.threads}), batch {args.batch} x 3x32x32, "
-             f"median of {args.repeats}",
+             f"median of {args.repeats}; 1-minute load average {load_before:.1f} before, "
+             f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores",
              f"{'network':<28}{'parameters':>14}{'score_sde':>14}{'forward ms/img':>17}{'fwd+bwd ms/img':>17}"]
     for name, net in nets.items():
         fwd = 1000 * statistics.median(times[name]["fwd"]) / args.batch

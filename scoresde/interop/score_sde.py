@@ -33,9 +33,13 @@ NET_OPTIONS = ("nf", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout",
                "nonlinearity")
 FIXED_OPTIONS = {"normalization": "GroupNorm", "attention_type": "ddpm", "conv_size": 3}
 SDE_OPTIONS = ("beta_min", "beta_max", "sigma_min", "sigma_max", "num_scales")
-UNUSED_OPTIONS = ("name", "scale_by_sigma", "ema_rate", "sigma_begin")
-SDES = {"vpsde": ("eps", "999t", "positional", False), "subvpsde": ("eps", "999t", "positional", False),
-        "vesde": ("score", "log_sigma", "fourier", True)}   # parametrization, label, embedding, scale_by_sigma
+OTHER_OPTIONS = ("name", "scale_by_sigma", "ema_rate", "sigma_begin")   # checked below, or training-only
+# training.sde -> (SDE class, its model.* arguments, parametrization, noise label, embedding, scale_by_sigma)
+SDE_CONVENTIONS = {
+    "vpsde": (VPSDE, ("beta_min", "beta_max"), "eps", "999t", "positional", False),
+    "subvpsde": (SubVPSDE, ("beta_min", "beta_max"), "eps", "999t", "positional", False),
+    "vesde": (VESDE, ("sigma_min", "sigma_max"), "score", "log_sigma", "fourier", True),
+}
 
 
 # -- config files ---------------------------------------------------------------------------------
@@ -105,7 +109,7 @@ class _ConfigReader:
                 return parent[expr.attr]
         try:
             return ast.literal_eval(expr)
-        except ValueError:
+        except (ValueError, TypeError, SyntaxError, RecursionError):
             self._refuse(stmt)
 
     def _assign(self, target: ast.expr, value, env: dict, stmt: ast.stmt) -> None:
@@ -153,19 +157,19 @@ def build_from_config(config: dict) -> tuple[ScoreModel, object]:
     if name != "ncsnpp":
         raise ValueError(f"model.name={name!r} is not supported: score_sde's NCSN++ / DDPM++ configs use 'ncsnpp'")
     sde_name = _get(training, "training", "sde")
-    if sde_name not in SDES:
-        raise ValueError(f"training.sde={sde_name!r} is not supported; supported: {', '.join(SDES)}")
+    if sde_name not in SDE_CONVENTIONS:
+        raise ValueError(f"training.sde={sde_name!r} is not supported; supported: {', '.join(SDE_CONVENTIONS)}")
     if _get(training, "training", "continuous") is not True:
         raise ValueError("training.continuous=False is not supported: only continuous-time score_sde models "
                          "(the *_continuous configs) are loaded")
-    unknown = sorted(set(model) - set(NET_OPTIONS) - set(FIXED_OPTIONS) - set(SDE_OPTIONS) - set(UNUSED_OPTIONS))
+    unknown = sorted(set(model) - set(NET_OPTIONS) - set(FIXED_OPTIONS) - set(SDE_OPTIONS) - set(OTHER_OPTIONS))
     if unknown:
         raise ValueError(f"model.{unknown[0]} is not a score_sde NCSN++ option this loader knows "
                          f"(unknown: {', '.join('model.' + k for k in unknown)})")
     for key, allowed in FIXED_OPTIONS.items():
         if model.get(key, allowed) != allowed:
             raise ValueError(f"model.{key}={model[key]!r} is not supported; supported: {allowed!r}")
-    parametrization, label, embedding, scale_by_sigma = SDES[sde_name]
+    sde_class, sde_args, parametrization, label, embedding, scale_by_sigma = SDE_CONVENTIONS[sde_name]
     if bool(model.get("scale_by_sigma", False)) != scale_by_sigma:
         raise ValueError(f"model.scale_by_sigma={model.get('scale_by_sigma', False)!r} is not supported with "
                          f"training.sde={sde_name!r}; supported: {scale_by_sigma}")
@@ -180,13 +184,9 @@ def build_from_config(config: dict) -> tuple[ScoreModel, object]:
         net = NCSNpp(in_channels=_get(data, "data", "num_channels"), image_size=_get(data, "data", "image_size"),
                      centered=bool(_get(data, "data", "centered")), **kwargs)
     except ValueError as err:
-        raise ValueError(f"score_sde config: model.{err}") from None
-    n = _get(model, "model", "num_scales")
-    if sde_name == "vesde":
-        sde = VESDE(_get(model, "model", "sigma_min"), _get(model, "model", "sigma_max"), N=n)
-    else:
-        sde = (VPSDE if sde_name == "vpsde" else SubVPSDE)(_get(model, "model", "beta_min"),
-                                                            _get(model, "model", "beta_max"), N=n)
+        section = "data" if str(err).startswith(("image_size", "in_channels")) else "model"
+        raise ValueError(f"score_sde config: {section}.{err}") from None
+    sde = sde_class(*(_get(model, "model", k) for k in sde_args), N=_get(model, "model", "num_scales"))
     return ScoreModel(net, sde, parametrization, noise_label=label), sde
 
 

@@ -198,7 +198,8 @@ class NCSNpp(nn.Module):
                 raise ValueError("labels y were given to a network built without num_classes")
             return None
         if c_noise.shape != (batch,):
-            raise ValueError(f"c_noise must have shape ({batch},) (one noise level per sample), got {tuple(c_noise.shape)}")
+            raise ValueError(f"c_noise must have shape ({batch},) (one noise level per sample), "
+                             f"got {tuple(c_noise.shape)}")
         feats = self.fourier(c_noise) if self.fourier is not None else timestep_embedding(c_noise, self.nf)
         emb = self.dense1(self.act(self.dense0(feats)))
         if self.label is None:
