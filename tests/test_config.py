@@ -28,7 +28,7 @@ def test_shipped_configs_validate_and_roundtrip(path, tmp_path):
 
 
 def test_shipped_configs_cover_the_issue():
-    assert {p.stem for p in CONFIGS} >= {"toy2d", "digits", "fashion_mnist", "cifar10"}
+    assert {p.stem for p in CONFIGS} >= {"toy2d", "digits", "fashion_mnist", "cifar10_ddpmpp", "cifar10_ncsnpp"}
     assert load_config(ROOT / "experiments/configs/fashion_mnist.toml").data.root == "/usr/share/datasets/fashion-mnist"
 
 

@@ -2,7 +2,8 @@
 
 Raw networks have the contract net(x, c_noise, y=None) -> Tensor shaped like x; `ScoreModel` turns
 one into eps / x0 / score / v predictions and a sampler's score_fn(x, t). Networks are built by name
-(`build_model("mlp", dim=2)`, `build_model("unet", in_channels=1, image_size=28)`); another package
+(`build_model("mlp", dim=2)`, `build_model("unet", in_channels=1, image_size=28)`,
+`build_model("ncsnpp")` / `"ddpmpp"` for the score-SDE paper's networks); another package
 adds one through the `scoresde.models` entry-point group or `register_model`.
 """
 
@@ -15,10 +16,12 @@ from .classifier import ClassifierModel, NoiseConditionalClassifier
 from .ema import EMA
 from .embeddings import ConditioningEmbedding, GaussianFourierProjection, SinusoidalEmbedding
 from .mlp import ScoreMLP
+from .ncsnpp import DDPMpp, NCSNpp
 from .parametrization import PARAMETRIZATIONS, ScoreModel, convert, noise_conditioning
 from .unet import UNet
 
-MODELS = Registry("model", "scoresde.models", builtins={"mlp": ScoreMLP, "unet": UNet})
+MODELS = Registry("model", "scoresde.models", builtins={"mlp": ScoreMLP, "unet": UNet, "ncsnpp": NCSNpp,
+                                                               "ddpmpp": DDPMpp})
 
 
 def register_model(name: str, *, overwrite: bool = False):
@@ -45,6 +48,6 @@ def build_classifier(**kwargs) -> NoiseConditionalClassifier:
     return _build("classifier", NoiseConditionalClassifier, kwargs)
 
 
-__all__ = ["ScoreMLP", "UNet", "NoiseConditionalClassifier", "ClassifierModel", "ScoreModel", "EMA",
+__all__ = ["ScoreMLP", "UNet", "NCSNpp", "DDPMpp", "NoiseConditionalClassifier", "ClassifierModel", "ScoreModel", "EMA",
            "GaussianFourierProjection", "SinusoidalEmbedding", "ConditioningEmbedding", "PARAMETRIZATIONS",
            "convert", "noise_conditioning", "MODELS", "register_model", "build_model", "build_classifier"]

@@ -22,6 +22,10 @@ The raw output F is scaled so that the network's own target has unit scale at ev
     c_skip = sigma_data^2 / (s^2 + sigma_data^2), c_out = s sigma_data / sqrt(s^2 + sigma_data^2)
     (without the skip, a plain x0-net must learn the identity at small noise and trains poorly on VE);
   * eps and v: F itself (their targets already have unit variance).
+
+`noise_label` other than "edm" reproduces score_sde's networks (Song et al. 2021), which see the
+raw x_t (c_in = 1) and c_noise = 999 t ("999t", its VP / sub-VP DDPM++ models) or log sigma(t)
+("log_sigma", its VE NCSN++ models, whose Fourier features embed log sigma).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from torch import nn
 from ..sdes.base import batch_view
 
 PARAMETRIZATIONS = ("eps", "x0", "score", "v")
+NOISE_LABELS = ("edm", "999t", "log_sigma")
 
 
 def check_parametrization(name: str) -> str:
@@ -110,8 +115,12 @@ class ScoreModel(nn.Module):
     broadcast to the batch.
     """
 
-    def __init__(self, net: nn.Module, sde, parametrization: str = "eps", sigma_data: float = 0.5):
+    def __init__(self, net: nn.Module, sde, parametrization: str = "eps", sigma_data: float = 0.5,
+                 noise_label: str = "edm"):
         super().__init__()
+        if noise_label not in NOISE_LABELS:
+            raise ValueError(f"noise_label={noise_label!r} is not allowed; allowed: {', '.join(NOISE_LABELS)}")
+        self.noise_label = noise_label
         self.net = net
         self.sde = sde
         self.parametrization = check_parametrization(parametrization)
@@ -142,7 +151,10 @@ class ScoreModel(nn.Module):
     def _predict(self, x: torch.Tensor, t, y):
         t, y = self._inputs(x, t, y)
         alpha, sigma, c_in, c_noise = noise_conditioning(self.sde, t, self.sigma_data)
-        out = self.net(batch_view(c_in, x) * x, c_noise, y)
+        if self.noise_label == "edm":
+            out = self.net(batch_view(c_in, x) * x, c_noise, y)
+        else:
+            out = self.net(x, 999 * t if self.noise_label == "999t" else torch.log(sigma), y)
         if out.shape != x.shape:
             raise ValueError(f"the network returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
         if self.parametrization == "score":
