@@ -24,7 +24,8 @@ import torch
 from ..models import NCSNpp, ScoreModel
 from ..models.ncsnpp_layers import Attention, ResBlock
 from ..models.resampling import Downsample, Upsample
-from ..sdes import VESDE, VPSDE, SubVPSDE
+from ..run import DataSpec, ModelSpec
+from ..sdes import get_sde
 
 # model.* options of score_sde's NCSN++ configs, by what the loader does with them
 NET_OPTIONS = ("nf", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "resblock_type", "fir",
@@ -36,9 +37,9 @@ SDE_OPTIONS = ("beta_min", "beta_max", "sigma_min", "sigma_max", "num_scales")
 OTHER_OPTIONS = ("name", "scale_by_sigma", "ema_rate", "sigma_begin")   # checked below, or training-only
 # training.sde -> (SDE class, its model.* arguments, parametrization, noise label, embedding, scale_by_sigma)
 SDE_CONVENTIONS = {
-    "vpsde": (VPSDE, ("beta_min", "beta_max"), "eps", "999t", "positional", False),
-    "subvpsde": (SubVPSDE, ("beta_min", "beta_max"), "eps", "999t", "positional", False),
-    "vesde": (VESDE, ("sigma_min", "sigma_max"), "score", "log_sigma", "fourier", True),
+    "vpsde": ("vp", ("beta_min", "beta_max"), "eps", "999t", "positional", False),
+    "subvpsde": ("subvp", ("beta_min", "beta_max"), "eps", "999t", "positional", False),
+    "vesde": ("ve", ("sigma_min", "sigma_max"), "score", "log_sigma", "fourier", True),
 }
 
 
@@ -169,7 +170,7 @@ def build_from_config(config: dict) -> tuple[ScoreModel, object]:
     for key, allowed in FIXED_OPTIONS.items():
         if model.get(key, allowed) != allowed:
             raise ValueError(f"model.{key}={model[key]!r} is not supported; supported: {allowed!r}")
-    sde_class, sde_args, parametrization, label, embedding, scale_by_sigma = SDE_CONVENTIONS[sde_name]
+    sde_key, sde_args, parametrization, label, embedding, scale_by_sigma = SDE_CONVENTIONS[sde_name]
     if bool(model.get("scale_by_sigma", False)) != scale_by_sigma:
         raise ValueError(f"model.scale_by_sigma={model.get('scale_by_sigma', False)!r} is not supported with "
                          f"training.sde={sde_name!r}; supported: {scale_by_sigma}")
@@ -180,14 +181,23 @@ def build_from_config(config: dict) -> tuple[ScoreModel, object]:
     for k in ("resblock_type", "progressive", "progressive_input", "progressive_combine", "embedding_type",
               "nonlinearity"):
         kwargs[k] = str(kwargs[k]).lower()
+    channels, size = _get(data, "data", "num_channels"), _get(data, "data", "image_size")
+    centered = bool(_get(data, "data", "centered"))
+    kwargs.update(in_channels=channels, image_size=size, centered=centered)
     try:
-        net = NCSNpp(in_channels=_get(data, "data", "num_channels"), image_size=_get(data, "data", "image_size"),
-                     centered=bool(_get(data, "data", "centered")), **kwargs)
+        net = NCSNpp(**kwargs)
     except ValueError as err:
         section = "data" if str(err).startswith(("image_size", "in_channels")) else "model"
         raise ValueError(f"score_sde config: {section}.{err}") from None
-    sde = sde_class(*(_get(model, "model", k) for k in sde_args), N=_get(model, "model", "num_scales"))
-    return ScoreModel(net, sde, parametrization, noise_label=label), sde
+    sde_kwargs = {k: _get(model, "model", k) for k in sde_args}
+    sde_kwargs["N"] = _get(model, "model", "num_scales")
+    sde = get_sde(sde_key, **sde_kwargs)
+    score_model = ScoreModel(net, sde, parametrization, noise_label=label)
+    # score_sde feeds 8-bit images scaled to [0, 1] (or [-1, 1] when data.centered); the spec lets
+    # the model be exported with save_pretrained and sampled without the config
+    data_spec = DataSpec((channels, size, size), None, 256, (-1.0, 1.0) if centered else (0.0, 1.0))
+    score_model.spec = ModelSpec("ncsnpp", kwargs, sde_key, sde_kwargs, data_spec)
+    return score_model, sde
 
 
 # -- score_sde's parameter names -----------------------------------------------------------------
