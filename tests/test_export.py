@@ -67,7 +67,7 @@ def test_round_trip_is_bitwise_with_the_ema_weights_by_default(toy_run, tmp_path
     assert config["network"] == {"name": "mlp", "kwargs": {"num_classes": None, "dim": 2, "hidden": 16, "depth": 2,
                                                      "embed_dim": 8}}
     assert config["sde"] == {"name": "vp", "kwargs": {"beta_min": 0.1, "beta_max": 20.0}}
-    assert config["score_model"] == {"parametrization": "eps", "sigma_data": 0.5}
+    assert config["score_model"] == {"parametrization": "eps", "sigma_data": 0.5, "noise_label": "edm"}
     assert config["data"] == {"event_shape": [2], "num_classes": None, "levels": None, "data_range": None}
     assert config["weights"] == "ema" and config["step"] == 6
 
@@ -100,7 +100,7 @@ def test_every_score_model_argument_and_the_sde_parameters_travel(tmp_path):
             p.add_(torch.randn_like(p) * 0.1)
     out = scoresde.save_pretrained(model, tmp_path / "bare")
     config = json.loads((out / "config.json").read_text())
-    assert config["score_model"] == {"parametrization": "x0", "sigma_data": 0.7}
+    assert config["score_model"] == {"parametrization": "x0", "sigma_data": 0.7, "noise_label": "edm"}
     assert config["run_config"] is None and config["data"]["event_shape"] == [3]
     loaded = scoresde.load(out)
     assert any(k.startswith("sde.") for k in loaded.state_dict())
