@@ -37,9 +37,9 @@ Defaults: order 3 (order 4 with the corrector), 20 steps, schedule 'log_snr'. Or
 the corrector) is for grids of about 20 steps or more: on the 64-D benchmark mixture at NFE 20 it
 ended 25-40% fewer of 16000 trajectories near the wrong mode than order 3, on each built-in grid,
 VP and VE; at NFE 10 it was mixed (10-27% fewer on VP's log-SNR and uniform-t grids, 4% more on
-VE's) and far worse on the VE Karras grid (6832 such trajectories against 44; docs/benchmarks.md).
-Order 5, tried in a development run, broke down on 5 of the 6 built-in NFE-10 grids (1224-10104
-of the 16000 far), so 4 is the limit.
+VE's) and far worse on the VE Karras grid (6832 such trajectories against 44;
+experiments/results/samplers_builtin_orders.md). Order 5 breaks down on 5 of the 6 built-in NFE-10
+grids of that mixture (1224-10104 of the 16000 far), so 4 is the limit.
 
 The log-SNR grid depends only on the kernel's SNR range, not on how an SDE parametrizes t, so a
 plugin or a learned schedule gets the same grid as a VP SDE with the same SNR range ('uniform_t'
