@@ -16,8 +16,8 @@ O(h^order), with no error control.
 * The divergence is exact (trace of each sample's Jacobian, from D vector-Jacobian products,
   vectorised with torch.func.vmap, or looped where the model cannot run under vmap) or the
   Hutchinson-Skilling estimate  E_v[v^T J v]  with probes v drawn once per sample and held fixed
-  for the whole solve (redrawing them at every evaluation makes the ODE rough: dopri5 went from 92
-  to 12,242 NFE).
+  for the whole solve (redrawing them at every evaluation makes the ODE rough: dopri5 takes 12,242
+  NFE instead of 92 with torchdiffeq 0.2.5).
 * A batch shares one adaptive step size, but the error norm is per sample: the step is accepted
   only if every sample's error (RMS over its x, and its delta on its own, in units of
   atol + rtol |y|) is within tolerance. A hard sample shrinks the step for all and so costs NFE,

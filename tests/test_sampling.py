@@ -187,7 +187,8 @@ def test_nfe_is_counted(method, options, nfe):
 
 def test_adaptive_ode_nfe_follows_dopri5_bookkeeping():
     """dopri5 (FSAL, 6 new evaluations a step) with the first step given: NFE = 1 + 6 (accepted +
-    rejected) (SOLVER_NOTES' 2 + 6k less the initial-step probe), +1 denoise; so NFE = 2 mod 6."""
+    rejected) (torchdiffeq's 2 + 6k less the evaluation that chooses the first step), +1 denoise;
+    so NFE = 2 mod 6."""
     sde = SDES["vp"]
     _, info = sample(MIX.score_fn(sde), sde, (64, 2), method="ode", return_info=True)
     assert info.nfe % 6 == 2 and info.nfe > 30

@@ -28,11 +28,11 @@ with weight (N - h)/(b - h), so that
 is an unbiased estimate of the pool's mean error for every grid, with the tail counted in every
 step. Every `check_every` iterations the grid is scored on the whole pool, and the best grid so
 far (the start included) is the result; a check 1.5x (RESET) worse than the best returns theta
-to the best grid. A fixed fitting batch overfits its few hard draws: the derivative-free fit
-this replaced (Powell's method on a fixed batch of 2000) gave 64-D benchmark grids whose batch
-errors were 1.5-2.9x below their errors on fresh draws at NFE 20. With minibatches drawn afresh
-from a pool of 128000, the pool errors of the same benchmark's fits were 1-17% below their errors
-on 64000 fresh draws at NFE 10, and from 26% above to 2.0x below at NFE 20, where a few draws
+to the best grid. A fixed fitting batch overfits its few hard draws: a derivative-free fit
+(Powell's method) on a fixed batch of 2000 gives 64-D benchmark grids whose batch errors are
+1.5-2.9x below their errors on fresh draws at NFE 20. With minibatches drawn afresh from a pool of
+128000, the pool errors of the same benchmark's fits are 1-17% below their errors on 64000 fresh
+draws at NFE 10, and from 26% above to 2.0x below at NFE 20, where a few draws
 decide (10-20 of the pool end near another mode; docs/benchmarks.md). Cost: reference_steps
 evaluations of each pool draw once, about 3 n (forward and backward) per minibatch draw per
 iteration, and n per pool draw per check.

@@ -1,5 +1,5 @@
-"""Fixed-step reverse-SDE samplers as plain torch loops (SOLVER_NOTES.md: 2-20x cheaper per step
-than torchsde's Brownian interval), one predictor step per function so `pc` can reuse them.
+"""Fixed-step reverse-SDE samplers as plain torch loops (2-20x cheaper per step on a CPU than
+torchsde 0.2.6 with its BrownianInterval), one predictor step per function so `pc` can reuse them.
 
 Each step maps x at time t to time s < t on the grid, with fresh per-sample noise z ~ N(0, I).
 `reverse_diffusion` and `ancestral` use the forward chain between the two grid times given by the
