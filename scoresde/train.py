@@ -46,7 +46,7 @@ import torch
 
 from . import distributed
 from .checkpoint import CheckpointError, config_differences, latest_checkpoint, list_checkpoints, load_checkpoint, \
-    remove_incomplete, save_checkpoint, set_aside_newer, state_differences
+    recover, save_checkpoint, set_aside_newer, state_differences
 from .config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, load_config, \
     save_config, validate
 from .data import BatchStream, ToyDataset, center, load_dataset, quantize
@@ -626,7 +626,7 @@ def run(cfg: Config, run_dir: Path, resume: dict | None = None, progress: bool =
         trainer.load_state_dict(resume)
     if trainer.world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for p in remove_incomplete(run_dir):
+        for p in recover(run_dir):
             print(f"note: removed {p.name}, left by an interrupted checkpoint write", file=sys.stderr)
         for p in set_aside_newer(run_dir, trainer.step_count):
             print(f"note: moved {p.name} to {p.parent}: this run continues from step {trainer.step_count}",
