@@ -472,6 +472,13 @@ def test_log_likelihood_of_far_out_data():
     assert 0 < _time_in(str(err.value)) <= 1.0
 
 
+@pytest.mark.parametrize("scale", [1e20, 1e36])
+def test_log_likelihood_huge_score_under_an_adaptive_solver_is_a_clear_error(scale):
+    """torchdiffeq's dopri5 asserts "underflow in dt 0.0" when the step size shrinks to nothing."""
+    with pytest.raises(FloatingPointError, match=r"dopri5 solver's step size underflowed to 0: .*score_fn's scale"):
+        log_likelihood(lambda x, t: -scale * x, VPSDE(), torch.ones(2, 2), rtol=1e-3, atol=1e-3)
+
+
 BPD_ARGS = {
     "levels": st.one_of(st.integers(-2, 3), NOT_REALS, st.floats(allow_nan=True)),
     "data_range": st.one_of(st.tuples(REALS, REALS), NOT_REALS, st.just((0.0, 1.0, 2.0))),
