@@ -21,9 +21,10 @@ import sys
 import torch
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, state_differences
-from .config import ConfigError, config_from_dict, validate
+from .checkpoint import CheckpointError
+from .config import ConfigError
 from .likelihood import ADAPTIVE_METHODS, FIXED_METHODS, TRACES, bits_per_dim, log_likelihood
+from .run import build_dataset, load_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,25 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_run(path, split: str, use_ema: bool = True, device="cpu"):
-    """(config, model, data set) of a checkpointed run, the model holding the saved (EMA) weights."""
-    from .train import build_dataset, build_model, build_sde
-
-    state = load_checkpoint(path)
-    cfg = validate(config_from_dict(state["config"]))
-    dataset = build_dataset(cfg, split)
-    model = build_model(cfg, dataset, build_sde(cfg))
-    weights = state["ema"]["module"] if use_ema else state["model"]
-    diffs = state_differences(weights, model.state_dict())
-    if diffs:  # the run's own config builds another network: another scoresde version or an edited file
-        raise CheckpointError(f"{path}: its weights do not fit the model its config builds: " + "; ".join(diffs))
-    model.load_state_dict(weights)
-    return cfg, model.to(device).eval(), dataset
-
-
 def evaluate(args: argparse.Namespace) -> dict:
     """Per-sample values, their mean and 95% CI half-width, and the mean NFE per solve."""
-    cfg, model, ds = load_run(args.checkpoint, args.split, not args.no_ema, args.device)
+    run = load_run(args.checkpoint, not args.no_ema, args.device)
+    cfg, model = run.config, run.model
+    ds = build_dataset(cfg, args.split)
     if cfg.train.threads > 0:  # as in training: more threads than cores thrash on shared machines
         torch.set_num_threads(cfg.train.threads)
     levels = getattr(ds, "levels", None)

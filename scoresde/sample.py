@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from .config import ConfigError, config_from_dict
+from .checkpoint import CheckpointError
+from .config import ConfigError
+from .run import build_dataset, load_run
 from .sampling import METHODS, ClassifierFreeGuidance, calibrate_schedule, list_samplers, sample
 
 
@@ -52,19 +53,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="PNG to write; the samples go to the same name with .npz")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
-
-
-def load_trainer(path):
-    """The run's Trainer (model, EMA, SDE, dataset) restored from a checkpoint or a run directory."""
-    from .train import Trainer
-    path = Path(path)
-    ckpt = latest_checkpoint(path) if path.is_dir() else path
-    if ckpt is None:
-        raise CheckpointError(f"no complete checkpoint (ckpt_*.pt with its .sha256) in {path}")
-    state = load_checkpoint(ckpt)
-    trainer = Trainer(config_from_dict(state["config"]), device=torch.device("cpu"))
-    trainer.load_state_dict(state)
-    return trainer, ckpt
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -108,24 +96,24 @@ def main(argv=None) -> Path:
         if not isinstance(options, dict):
             raise ValueError(f"--options must be a JSON object of method options, got {args.options!r}")
         METHODS.get(args.method)  # an unknown name fails here, before the checkpoint is loaded
-        trainer, ckpt = load_trainer(args.checkpoint)
-        model, ds = trainer.ema.module.eval(), trainer.dataset
+        run = load_run(args.checkpoint)
+        model, spec = run.model, run.data
         if args.cls is not None:
-            if not trainer.class_cond:
-                raise ValueError(f"--class {args.cls}: the model in {ckpt} is not class-conditional "
+            if model.num_classes is None:
+                raise ValueError(f"--class {args.cls}: the model in {run.source} is not class-conditional "
                                  "(leave out --class, or train with model.class_cond=true)")
-            if not 0 <= args.cls < ds.num_classes:
-                raise ValueError(f"--class {args.cls} is not allowed: classes are 0..{ds.num_classes - 1}")
+            if not 0 <= args.cls < model.num_classes:
+                raise ValueError(f"--class {args.cls} is not allowed: classes are 0..{model.num_classes - 1}")
         y = None if args.cls is None else torch.full((args.n,), args.cls, dtype=torch.long)
         score, guidance = scores(model, args.cls, args.guidance_scale)
         times = None
         if args.times is not None or args.calibrate is not None:
             if "schedule" in options:
                 raise ValueError("--calibrate/--times set the schedule: leave it out of --options")
-            times = load_times(args.times) if args.times else calibrated_times(args, trainer, model, options)
+            times = load_times(args.times) if args.times else calibrated_times(args, model, spec, options)
             options["schedule"] = times
         gen = torch.Generator().manual_seed(args.seed)
-        x = sample(score, trainer.sde, (args.n, *ds.event_shape), method=args.method, steps=args.steps,
+        x = sample(score, model.sde, (args.n, *spec.event_shape), method=args.method, steps=args.steps,
                    eps=args.eps, generator=gen, guidance=guidance, progress=not args.no_progress, **options)
     except (CheckpointError, ConfigError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -133,16 +121,16 @@ def main(argv=None) -> Path:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     x = x.float().cpu()
-    title = f"{ckpt.name}: {args.method}, {args.steps or 'default'} steps" + \
+    title = f"{run.source.name}: {args.method}, {args.steps or 'default'} steps" + \
         (f", class {args.cls}" if args.cls is not None else "") + \
         (f", guidance {args.guidance_scale}" if args.guidance_scale is not None else "")
-    if ds.levels is None:
-        from .figures import scatter_figure
-        scatter_figure(x, ds.heldout(args.n, trainer.cfg.eval.heldout_seed), out, title=title)
-    else:
+    if spec.levels is not None:
         from .data import quantize
         from .figures import image_grid
-        image_grid(quantize(x, ds.levels), ds.levels, out, scale=max(1, 64 // ds.event_shape[-1]))
+        image_grid(quantize(x, spec.levels), spec.levels, out, scale=max(1, 64 // spec.event_shape[-1]))
+    elif spec.event_shape == (2,):
+        from .figures import scatter_figure
+        scatter_figure(x, heldout_points(run, args.n), out, title=title)
     arrays = {"samples": x.numpy()}
     if y is not None:
         arrays["labels"] = y.numpy()
@@ -166,14 +154,19 @@ def scores(model, cls, guidance_scale):
     return model.score_fn(None), ClassifierFreeGuidance(conditional, guidance_scale)
 
 
-def calibrated_times(args, trainer, model, options) -> torch.Tensor:
+def heldout_points(run, n: int) -> torch.Tensor:
+    """n held-out draws of the run's 2-D data set (drawn afresh, no files read) for the figure."""
+    return build_dataset(run.config, "train").heldout(n, run.config.eval.heldout_seed)
+
+
+def calibrated_times(args, model, spec, options) -> torch.Tensor:
     """Fit the method's grid on args.calibrate prior draws (seed + 1) with the sampling score."""
     score, guidance = scores(model, args.cls, args.guidance_scale)
     if guidance is not None:
         score = guidance.apply(score)
-    x_cal = trainer.sde.prior_sampling((args.calibrate, *trainer.dataset.event_shape),
-                                       generator=torch.Generator().manual_seed(args.seed + 1))
-    fit = calibrate_schedule(score, trainer.sde, x_cal, method=args.method, steps=args.steps, eps=args.eps,
+    x_cal = model.sde.prior_sampling((args.calibrate, *spec.event_shape),
+                                     generator=torch.Generator().manual_seed(args.seed + 1))
+    fit = calibrate_schedule(score, model.sde, x_cal, method=args.method, steps=args.steps, eps=args.eps,
                              iterations=args.calibrate_iterations, batch=args.calibrate_batch,
                              generator=torch.Generator().manual_seed(args.seed + 2),
                              progress=not args.no_progress, **options)

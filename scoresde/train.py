@@ -49,11 +49,9 @@ from .checkpoint import CheckpointError, config_differences, latest_checkpoint, 
     recover, save_checkpoint, set_aside_newer, state_differences
 from .config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, load_config, \
     save_config, validate
-from .data import BatchStream, ToyDataset, center, load_dataset, quantize
-
-
-def _config_error(field: str, err: Exception) -> ConfigError:
-    return ConfigError(f"{field}: {err}")
+from .data import BatchStream
+from .evaluation import evaluate_run
+from .run import DataSpec, build_dataset, build_score_model, build_sde
 
 
 def select_device(name: str, world: distributed.World | None = None) -> torch.device:
@@ -101,50 +99,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_dataset(cfg: Config, split: str = "train"):
-    try:
-        return load_dataset(cfg.data.name, cfg.data.root or None, split, cfg.data.channels or None)
-    except (FileNotFoundError, ValueError) as e:
-        raise _config_error("data.root" if cfg.data.root or isinstance(e, FileNotFoundError) else "data", e) from None
-
-
-def build_sde(cfg: Config):
-    from .sdes import get_sde
-
-    try:
-        return get_sde(cfg.sde.name, **cfg.sde.params)
-    except TypeError as e:
-        raise _config_error(f"sde ({cfg.sde.name})", e) from None
-    except ValueError as e:
-        raise _config_error("sde", e) from None
-
-
-def build_model(cfg: Config, dataset, sde):
-    """The ScoreModel for this data set: shape-dependent arguments come from the data."""
-    from .models import MODELS, ScoreModel, build_model as build_net
-
-    m = cfg.model
-    shape = dataset.event_shape
-    num_classes = dataset.num_classes if m.class_cond else None
-    if m.class_cond and num_classes is None:
-        raise ConfigError(f"model.class_cond=true but data set {cfg.data.name!r} has no labels")
-    data_args = {"num_classes": num_classes}
-    if len(shape) == 1:
-        data_args["dim"] = shape[0]
-    else:
-        if shape[1] != shape[2]:
-            raise ConfigError(f"data: images are {shape[1]}x{shape[2]}; the networks need square images")
-        data_args.update(in_channels=shape[0], image_size=shape[1])
-    params = set(inspect.signature(MODELS.get(m.name)).parameters)
-    kwargs = {k: v for k, v in data_args.items() if k in params or v is not None}
-    kwargs.update(m.params)
-    try:
-        net = build_net(m.name, **kwargs)
-        return ScoreModel(net, sde, m.parametrization, m.sigma_data)
-    except (TypeError, ValueError) as e:
-        raise _config_error(f"model ({m.name})", e) from None
-
-
 def loss_options(cfg: Config, loss_fn) -> dict:
     """The train.* options the chosen loss accepts (e.g. ddpm has no weighting); others must be default."""
     t = cfg.train
@@ -180,12 +134,12 @@ class Trainer:
         try:
             self.rows = distributed.shard(t.batch_size, self.world)
         except ValueError as e:
-            raise _config_error("train.batch_size", e) from None
+            raise ConfigError(f"train.batch_size: {e}") from None
         self.device = device if device is not None else select_device(t.device, self.world)
         seed_everything(t.seed)
         self.dataset = build_dataset(cfg, "train")
         self.sde = build_sde(cfg)
-        self.model = build_model(cfg, self.dataset, self.sde).to(self.device)
+        self.model = build_score_model(cfg, self.dataset, self.sde).to(self.device)
         if self.world.rank > 0:  # rank 0's global RNGs are one process's; others drop out independently
             seed_everything(distributed.rank_seed(t.seed, self.world.rank))
         self.ema = EMA(self.model, t.ema_decay)  # every rank keeps its (identical) EMA; rank 0's is saved
@@ -211,7 +165,7 @@ class Trainer:
             self.stream = BatchStream(self.dataset, t.batch_size, torch.Generator().manual_seed(t.seed),
                                       self.device)
         except ValueError as e:
-            raise _config_error("train.batch_size", e) from None
+            raise ConfigError(f"train.batch_size: {e}") from None
         self.noise = torch.Generator(self.device).manual_seed(t.seed + 1)
         self.class_cond = cfg.model.class_cond
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
@@ -271,6 +225,7 @@ class Trainer:
             "format": "scoresde-train-1",
             "step": self.step_count,
             "config": config_to_dict(self.cfg),
+            "data_spec": DataSpec.of(self.dataset).to_dict(),  # so the model loads without its data
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -495,127 +450,6 @@ def train_loop(trainer: Trainer, run_dir: Path, progress: bool = True) -> float:
     return time.perf_counter() - start
 
 
-def generate(trainer: Trainer, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
-    """n samples from the EMA model with the [sample] settings, seeded by sample.seed."""
-    from .sampling import sample
-
-    s = trainer.cfg.sample
-    gen = torch.Generator(trainer.device).manual_seed(s.seed)
-    sde = trainer.ema.module.sde  # the EMA's copy: a learned schedule is averaged with the network
-    x_T = sde.prior_sampling((n, *trainer.dataset.event_shape), generator=gen, device=trainer.device)
-    with torch.no_grad():
-        return sample(trainer.ema.module.score_fn(y), sde, method=s.method, steps=s.steps, eps=s.eps,
-                      x_T=x_T, generator=gen)
-
-
-def evaluate(trainer: Trainer, run_dir: Path) -> tuple[dict, list[str]]:
-    """Samples figure and the sample-quality numbers: toy sets SW2 / MMD against held-out data
-    with the noise floor of a second held-out draw; digits the classifier-feature Frechet
-    distance; quantized data the test bits/dim when eval.bpd_n > 0."""
-    cfg, ds = trainer.cfg, trainer.dataset
-    n = cfg.sample.n
-    y = None
-    if trainer.class_cond:
-        y = torch.arange(n, device=trainer.device) % ds.num_classes
-    samples = generate(trainer, n, y).float().cpu()
-    metrics: dict = {"nonfinite_samples": int((~torch.isfinite(samples.flatten(1))).any(1).sum())}
-    parts: list[str] = []
-    if isinstance(ds, ToyDataset):
-        metrics.update(toy_metrics(samples, ds, cfg.eval.heldout_seed))
-        from .figures import scatter_figure
-        scatter_figure(samples, ds.heldout(n, cfg.eval.heldout_seed), run_dir / "samples.png",
-                       title=f"{cfg.name}: {ds.name}, {cfg.sde.name} SDE, {cfg.sample.method} "
-                             f"{cfg.sample.steps} steps")
-        parts.append(f"SW2 {metrics['sw2']:.4f} (noise floor {metrics['sw2_floor']:.4f}, "
-                     f"{min(metrics['sw2_floor_draws']):.4f}..{max(metrics['sw2_floor_draws']):.4f})")
-        parts.append(f"MMD {metrics['mmd']:.1e} (noise floor {metrics['mmd_floor']:.1e}, "
-                     f"{min(metrics['mmd_floor_draws']):.1e}..{max(metrics['mmd_floor_draws']):.1e})")
-    else:
-        from .figures import image_grid
-        values = quantize(samples, ds.levels)
-        image_grid(values[:100], ds.levels, run_dir / "samples.png", nrow=10, scale=max(1, 64 // ds.event_shape[-1]))
-        if cfg.data.name == "digits":
-            fd = digits_fd(values, cfg.eval.classifier)
-            if fd is not None:
-                metrics.update(fd)
-                parts.append(f"FD {fd['fd']:.2f} (train data: {fd['fd_floor']:.2f}; n={fd['fd_n']} vs 360 test)")
-            else:
-                parts.append(f"FD skipped: no classifier at {cfg.eval.classifier} "
-                             "(train it with experiments/digits_classifier.py)")
-        if cfg.eval.bpd_n > 0:
-            bpd = test_bits_per_dim(trainer, cfg.eval.bpd_n)
-            if bpd is not None:
-                metrics["test_bpd"] = bpd
-                parts.append(f"test bits/dim {bpd:.3f}")
-    if metrics["nonfinite_samples"]:
-        parts.append(f"{metrics['nonfinite_samples']} NON-FINITE SAMPLES")
-    return metrics, parts
-
-
-def toy_metrics(samples: torch.Tensor, ds: ToyDataset, heldout_seed: int, n_floor: int = 5) -> dict:
-    """SW2 and MMD of samples against held-out draw A (seed heldout_seed), and the noise floor: the
-    same numbers for n_floor further held-out draws (seeds heldout_seed + 1, ...) against A, whose
-    mean is reported (with n = 2000 on ring8 a single draw's SW2 ranges over 0.09 .. 0.18)."""
-    from .metrics import mmd, sliced_wasserstein
-
-    n = samples.shape[0]
-    a = ds.heldout(n, heldout_seed)
-    d2 = torch.cdist(a.double(), a.double()).pow(2)
-    med = float(d2[d2 > 0].median().sqrt())
-    # fixed from held-out data so all MMDs are comparable; the small ones resolve modes and edges
-    bandwidths = [0.1 * med, 0.3 * med, med]
-
-    def both(x):
-        sw = sliced_wasserstein(x, a, n_projections=512, generator=torch.Generator().manual_seed(0))
-        return sw, mmd(x, a, bandwidths)
-
-    sw2, mmd2 = both(samples[torch.isfinite(samples).all(1)])
-    floors = [both(ds.heldout(n, heldout_seed + k)) for k in range(1, n_floor + 1)]
-    return {"sw2": sw2, "mmd": mmd2, "sw2_floor": float(np.mean([f[0] for f in floors])),
-            "mmd_floor": float(np.mean([f[1] for f in floors])), "sw2_floor_draws": [f[0] for f in floors],
-            "mmd_floor_draws": [f[1] for f in floors]}
-
-
-def digits_fd(values: torch.Tensor, classifier_path: str) -> dict | None:
-    """Frechet distance in the digits classifier's features: n samples vs the 360 test digits, and
-    n train digits vs the same test digits as the reference (FD's finite-sample bias depends on n,
-    so both use the same n; use sample.n = 1437, the train size: at n = 180 the bias of two test
-    halves alone is ~44, against 6.5 for all train vs test)."""
-    from .data import DIGITS_LEVELS, load_digits_dataset
-    from .data.digits_features import load_digits_features
-    from .metrics import frechet_distance
-
-    path = Path(classifier_path)
-    if not path.is_file():
-        return None
-    net = load_digits_features(path)
-    test = load_digits_dataset("test").values
-    train = load_digits_dataset("train").values
-    n = min(values.shape[0], train.shape[0])
-    train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]]
-    with torch.no_grad():
-        ft, fr, fs = (net.features(center(v, DIGITS_LEVELS)) for v in (test, train, values[:n]))
-    return {"fd": frechet_distance(fs, ft), "fd_floor": frechet_distance(fr, ft), "fd_n": n}
-
-
-def test_bits_per_dim(trainer: Trainer, n: int) -> float | None:
-    """Mean test bits/dim (one dequantization draw per image) via the probability-flow likelihood."""
-    try:
-        from .likelihood import log_likelihood
-    except ImportError:
-        return None
-    from .data import bits_per_dim, dequantize
-
-    ds = build_dataset(trainer.cfg, "test")
-    v = ds.values[:n]
-    x = dequantize(v, ds.levels, generator=torch.Generator().manual_seed(0)).to(trainer.device)
-    dims = v[0].numel()
-    out = log_likelihood(trainer.ema.module.score_fn(), trainer.ema.module.sde, x,
-                         trace="exact" if dims <= 64 else "hutchinson",
-                         generator=torch.Generator(trainer.device).manual_seed(0))
-    return float(bits_per_dim(out.log_p.double().cpu(), ds.levels, dims).mean())
-
-
 def run(cfg: Config, run_dir: Path, resume: dict | None = None, progress: bool = True) -> RunResult | None:
     """Train (or continue) the run in run_dir, then evaluate; returns the numbers and the summary.
     In a distributed run rank 0 evaluates and writes; the other ranks return None after training."""
@@ -636,7 +470,7 @@ def run(cfg: Config, run_dir: Path, resume: dict | None = None, progress: bool =
     seconds = train_loop(trainer, run_dir, progress)
     if not trainer.world.main:
         return None
-    metrics, parts = evaluate(trainer, run_dir)
+    metrics, parts = evaluate_run(cfg, trainer.ema.module, trainer.dataset, run_dir, trainer.device)
     done = trainer.step_count - first
     head = (f"{cfg.name} [{cfg.data.name}, {cfg.model.name}, {cfg.sde.name}] step {trainer.step_count}: "
             f"{done} steps in {seconds:.0f} s ({done / max(seconds, 1e-9):.1f} steps/s, {trainer.device.type})")

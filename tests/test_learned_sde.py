@@ -192,7 +192,7 @@ VDM_DIGITS = ["data.name=digits", "sde.name=learned", "sde.n_features=16", "trai
 
 def test_trainer_learns_the_schedule_jointly_and_resumes_it(tmp_path):
     from scoresde.config import load_config
-    from scoresde.evaluate import load_run
+    from scoresde.run import load_run
     from scoresde.train import Trainer, parse_args, prepare, train_loop
 
     cfg = load_config(None, VDM_DIGITS)
@@ -224,6 +224,6 @@ def test_trainer_learns_the_schedule_jointly_and_resumes_it(tmp_path):
             assert torch.equal(v, b.state_dict()[k]), k
 
     # evaluation loads the EMA schedule with the EMA network
-    _, model, _ = load_run(tmp_path / "full", "test")
+    model = load_run(tmp_path / "full").model
     with torch.no_grad():
         assert torch.equal(model.sde.gamma(GRID.float()), ema.gamma(GRID.float()))

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from scoresde.config import load_config
-from scoresde.sample import load_trainer, main
+from scoresde.run import load_run
+from scoresde.sample import main
 from scoresde.sampling import sample
 from scoresde.train import Trainer, train_loop
 
@@ -67,15 +68,14 @@ def test_classifier_free_guidance_end_to_end(runs, tmp_path):
 
     w = 2.5
     guided = run_cli(runs / "cond", tmp_path / "w.png", "--class", "3", "--guidance-scale", str(w))
-    trainer, _ = load_trainer(runs / "cond")
-    model = trainer.ema.module.eval()
+    model = load_run(runs / "cond").model
     s_cond, s_uncond = model.score_fn(torch.full((N,), 3, dtype=torch.long)), model.score_fn(None)
 
     def by_hand(x, t):
         su = s_uncond(x, t)
         return su + w * (s_cond(x, t) - su)
 
-    want = sample(by_hand, trainer.sde, (N, 1, 8, 8), method="ddim", steps=STEPS,
+    want = sample(by_hand, model.sde, (N, 1, 8, 8), method="ddim", steps=STEPS,
                   generator=torch.Generator().manual_seed(5))
     close(guided["samples"], want.float().numpy())
     assert not np.allclose(guided["samples"], cond["samples"], rtol=1e-2, atol=1e-2)

@@ -95,11 +95,11 @@ def gmm_baseline(y_test: np.ndarray, seeds: list[int], regs: list[float], copies
 
 
 def evaluate_run(run_dir: str, v: torch.Tensor, y: np.ndarray, labels: np.ndarray, args) -> list[dict]:
-    from scoresde.evaluate import load_run
+    from scoresde.run import load_run
     from scoresde.likelihood import log_likelihood
 
-    cfg, model, _ = load_run(run_dir, "test")
-    name = cfg.name
+    run = load_run(run_dir)
+    model, name = run.model, run.config.name
     x = torch.from_numpy(2 * y - 1).float().reshape(v.shape)  # the model's scale: x = 2 (v + u)/17 - 1
     log_jac = D * math.log(2.0)  # log |dx/dy|: log p_y(y) = log p_x(x) + D log 2
     score_fn, sde = model.score_fn(), model.sde
