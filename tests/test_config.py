@@ -108,13 +108,13 @@ def test_saved_config_is_complete(tmp_path):
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
-    # what a user sees: one line naming the field, exit status 1, no traceback from inside torch
+    # what a user sees: one line naming the field, exit status 2 (as sample and evaluate), no traceback
     for args, field in ((["train.lr=-1"], "train.lr"),
                         (["data.name=mnist", f"data.root={tmp_path / 'missing'}"], "data.root"),
                         (["model.hiden=3", "train.steps=1"], "hiden")):
         r = subprocess.run([sys.executable, "-m", "scoresde.train", "--run-dir", str(tmp_path / "run"), *args],
                            capture_output=True, text=True, cwd=ROOT, timeout=120)
-        assert r.returncode == 1, r.stderr
+        assert r.returncode == 2, r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0], r.stderr
 
