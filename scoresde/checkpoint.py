@@ -179,7 +179,7 @@ def recover(directory) -> list[Path]:
             aside = directory / "damaged"
             aside.mkdir(exist_ok=True)
             os.replace(path, aside / path.name)
-            warnings.warn(f"{path} has no checksum file and does not load ({type(e).__name__}: {e}); moved it "
+            warnings.warn(f"{path} has no checksum file and does not load ({_first_line(e)}); moved it "
                           f"to {aside / path.name}", CheckpointWarning, stacklevel=2)
             continue
         _atomic_write(_sidecar(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
@@ -245,7 +245,13 @@ def _load_verified(path: Path, map_location) -> dict:
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - bytes torch cannot read: truncated, or written by something else
-        raise CheckpointError(f"{path} is not a readable checkpoint: {type(e).__name__}: {e}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    """`Type: first line of the message` (torch's unpickling errors run to a page of advice)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 def check_run_state(state) -> None:
