@@ -24,13 +24,15 @@ from tqdm import tqdm
 from .checkpoint import CheckpointError
 from .config import MAX_COUNT, MAX_SEED, ConfigError
 from .likelihood import ADAPTIVE_METHODS, FIXED_METHODS, TRACES, bits_per_dim, log_likelihood
-from .run import build_dataset, load_run
+from .interop.export import load_saved
+from .run import build_dataset
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m scoresde.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR_OR_CKPT",
-                   help="a run directory (its latest checkpoint) or a ckpt_*.pt file")
+                   help="a run directory (its latest checkpoint), a ckpt_*.pt file, or a directory written by "
+                        "scoresde.save_pretrained from a run")
     p.add_argument("--split", default="test", help="data split for data sets with splits (default: test)")
     p.add_argument("--n", type=int, default=0, help="evaluate the first n samples (0 = the whole split; "
                                                     "toy sets: 1000 held-out draws)")
@@ -74,8 +76,11 @@ def check_args(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> dict:
     """Per-sample values, their mean and 95% CI half-width, and the mean NFE per solve."""
     check_args(args)
-    run = load_run(args.checkpoint, not args.no_ema, args.device)
+    run = load_saved(args.checkpoint, not args.no_ema, args.device)
     cfg, model = run.config, run.model
+    if cfg is None:
+        raise ValueError(f"{args.checkpoint}: this export records no data set (saved from a bare model), so there is "
+                         "no held-out data to evaluate on; export the run directory instead")
     if run.data.levels is None:  # continuous (toy) data: fresh held-out draws, no splits, no dequantization
         if args.split != "test":
             raise ValueError(f"--split {args.split!r}: {cfg.data.name!r} is drawn afresh, it has no splits; the "

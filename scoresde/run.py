@@ -106,29 +106,48 @@ def network_arguments(cfg: Config, data) -> dict:
     return kwargs
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """What builds a ScoreModel again: its network's and SDE's registered names and arguments, and
+    its data. `build_score_model` attaches it to the model as `model.spec`, so the model can be
+    exported (`scoresde.save_pretrained`) without the config it came from."""
+
+    network: str
+    network_kwargs: dict
+    sde: str
+    sde_kwargs: dict
+    data: DataSpec
+
+
 def build_score_model(cfg: Config, data, sde):
-    """The ScoreModel of this config for data of `data`'s shape and classes (a DataSpec or a data set)."""
+    """The ScoreModel of this config for data of `data`'s shape and classes (a DataSpec or a data set),
+    with its `ModelSpec` as `.spec`."""
     from .models import ScoreModel, build_model as build_net
 
     m = cfg.model
     kwargs = network_arguments(cfg, data)
     try:
         net = build_net(m.name, **kwargs)
-        return ScoreModel(net, sde, m.parametrization, m.sigma_data)
+        model = ScoreModel(net, sde, m.parametrization, m.sigma_data)
     except (TypeError, ValueError) as e:
         raise _config_error(f"model ({m.name})", e) from None
+    spec = data if isinstance(data, DataSpec) else DataSpec.of(data)
+    model.spec = ModelSpec(m.name, kwargs, cfg.sde.name, dict(cfg.sde.params), spec)
+    return model
 
 
 @dataclass
 class Run:
-    """A loaded run: its config (None for an export of a bare model), the model (with `.sde`) holding
-    the chosen weights, its data spec, where it came from and the training step."""
+    """A loaded run: its config (None for an export of a bare model), the model (with `.sde` and
+    `.spec`) holding the chosen weights, its data spec, the file it came from, the training step
+    and which weights were loaded ("ema" or "raw")."""
 
     config: Config | None
     model: torch.nn.Module
     data: DataSpec
-    source: Path
+    source: Path | None
     step: int | None = None
+    weights: str = "ema"
 
 
 def run_data_spec(state: dict, cfg: Config) -> DataSpec:
@@ -152,4 +171,4 @@ def load_run(path, use_ema: bool = True, device="cpu") -> Run:
     if diffs:  # the run's own config builds another network: another scoresde version or an edited file
         raise CheckpointError(f"{ckpt}: its weights do not fit the model its config builds: " + "; ".join(diffs))
     model.load_state_dict(weights)
-    return Run(cfg, model.to(device).eval(), spec, ckpt, int(state.get("step", 0)))
+    return Run(cfg, model.to(device).eval(), spec, ckpt, int(state.get("step", 0)), "ema" if use_ema else "raw")

@@ -3,11 +3,12 @@
     python -m scoresde.sample --checkpoint RUN_DIR_OR_CKPT --method dpmpp_2m --steps 20 --n 64 \
         [--class K [--guidance-scale W]] --out samples.png
 
-Loads the EMA weights of the checkpoint (the run's latest when given a directory) with the run's own
-config, samples with `scoresde.sampling.sample`, writes a scatter (2-D data) or an image grid
-(quantized data) to --out and the samples to the same name with .npz (`samples`, and `labels` when
-class-conditional). With --class and --guidance-scale W the score is classifier-free guided,
-s_uncond + W (s_cond - s_uncond); with --class alone it is the conditional score.
+Loads the EMA weights of the checkpoint (the run's latest when given a run directory) with the run's
+own config, or an exported model (`scoresde.save_pretrained`), without the training data; samples
+with `scoresde.sampling.sample`, writes a scatter (2-D data) or an image grid (quantized data) to
+--out and the samples to the same name with .npz (`samples`, and `labels` when class-conditional).
+With --class and --guidance-scale W the score is classifier-free guided, s_uncond + W (s_cond -
+s_uncond); with --class alone it is the conditional score.
 
 --calibrate B first fits the deterministic method's time grid for --steps to this model on B prior
 draws (`scoresde.calibrate_schedule`: --calibrate-iterations gradient steps, each on a stratified
@@ -29,13 +30,15 @@ import torch
 
 from .checkpoint import CheckpointError
 from .config import MAX_COUNT, MAX_SEED, ConfigError
-from .run import build_dataset, load_run
+from .interop.export import load_saved
+from .run import build_dataset
 from .sampling import METHODS, ClassifierFreeGuidance, calibrate_schedule, list_samplers, sample
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m scoresde.sample", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, metavar="RUN", help="run directory or ckpt_*.pt file")
+    p.add_argument("--checkpoint", required=True, metavar="RUN",
+                   help="run directory, ckpt_*.pt file, or a directory written by scoresde.save_pretrained")
     p.add_argument("--method", default="dpmpp_2m", help=f"sampler (default dpmpp_2m): {', '.join(list_samplers())}")
     p.add_argument("--steps", type=int, default=None, help="solver steps (default: the method's own)")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
@@ -109,7 +112,7 @@ def _main(args: argparse.Namespace) -> Path:
         if not isinstance(options, dict):
             raise ValueError(f"--options must be a JSON object of method options, got {args.options!r}")
         METHODS.get(args.method)  # an unknown name fails here, before the checkpoint is loaded
-        run = load_run(args.checkpoint)
+        run = load_saved(args.checkpoint)
         model, spec = run.model, run.data
         if args.cls is not None:
             if model.num_classes is None:
@@ -149,9 +152,11 @@ def _main(args: argparse.Namespace) -> Path:
             from .data import quantize
             from .figures import image_grid
             image_grid(quantize(x, spec.levels), spec.levels, out, scale=max(1, 64 // spec.event_shape[-1]))
-        elif spec.event_shape == (2,):
+        elif spec.event_shape == (2,) and run.config is not None:
             from .figures import scatter_figure
             scatter_figure(x, heldout_points(run, args.n), out, title=title)
+        else:
+            print(f"note: no figure: {run.source} records no data set to draw held-out points from", file=sys.stderr)
         np.savez(out.with_suffix(".npz"), **arrays)
     except OSError as e:  # a read-only or full disk, a file where a folder should be
         print(f"error: cannot write --out {args.out}: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),

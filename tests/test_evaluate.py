@@ -48,7 +48,7 @@ def test_fixed_grid_method_without_steps_is_reported(tmp_path, capsys):
 def test_missing_checkpoint_is_reported(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(tmp_path), "--no-progress"])
-    assert "no checkpoint (ckpt_*.pt) in" in capsys.readouterr().err
+    assert "no complete checkpoint" in capsys.readouterr().err
 
 
 def test_weights_that_do_not_fit_the_config_are_named(tmp_path, capsys):
