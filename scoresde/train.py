@@ -35,6 +35,7 @@ import contextlib
 import csv
 import inspect
 import json
+import os
 import random
 import signal
 import sys
@@ -567,7 +568,7 @@ def prepare(args: argparse.Namespace, run_dir: Path | None = None, cfg: Config |
         raise CheckpointError(f"--resume {src}: no such run directory or checkpoint")
     run_dir = run_dir or run_directory(args)
     own = run_dir.resolve() == (src if src.is_dir() else src.parent).resolve()
-    if own:
+    if own and _launch_rank() == 0:  # rank 0 alone writes (and holds the lock)
         for p in recover(run_dir):
             print(f"note: removed {p.name}, left by an interrupted checkpoint write of this run", file=sys.stderr)
     else:
@@ -591,7 +592,7 @@ def main(argv=None) -> RunResult | None:
     by SIGINT / SIGTERM.
     """
     args = parse_args(argv)
-    main_rank = distributed.World().main  # rank 0 alone locks, recovers and writes
+    main_rank = _launch_rank() == 0  # rank 0 alone locks, recovers and writes
     try:
         cfg = None if args.resume else load_config(args.config, args.overrides)
         run_dir = run_directory(args, cfg)
@@ -620,6 +621,11 @@ def main(argv=None) -> RunResult | None:
     if result is not None:
         print(result.summary)
     return result
+
+
+def _launch_rank() -> int:
+    """This process's rank before the process group exists: torchrun's RANK, else 0."""
+    return int(os.environ["RANK"]) if distributed.launched_by_torchrun() else 0
 
 
 def _fail(message: str, status: int) -> None:
