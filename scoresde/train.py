@@ -568,8 +568,8 @@ def prepare(args: argparse.Namespace, run_dir: Path | None = None, cfg: Config |
         raise CheckpointError(f"--resume {src}: no such run directory or checkpoint")
     run_dir = run_dir or run_directory(args)
     own = run_dir.resolve() == (src if src.is_dir() else src.parent).resolve()
-    if own and _launch_rank() == 0:  # rank 0 alone writes (and holds the lock)
-        for p in recover(run_dir):
+    if own:
+        for p in recover(run_dir) if _launch_rank() == 0 else []:  # rank 0 alone writes (and holds the lock)
             print(f"note: removed {p.name}, left by an interrupted checkpoint write of this run", file=sys.stderr)
     else:
         try:
