@@ -79,6 +79,10 @@ class NonFiniteError(FloatingPointError):
     """Training stopped: too many consecutive steps with a non-finite loss or gradient."""
 
 
+class EvaluationError(RuntimeError):
+    """Training finished and is checkpointed, but the end-of-run evaluation failed."""
+
+
 def _global_rng_state() -> dict:
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(),
@@ -512,8 +516,8 @@ def run(cfg: Config, run_dir: Path, resume: dict | None = None, progress: bool =
         try:
             metrics, parts = evaluate_run(cfg, trainer.ema.module, trainer.dataset, run_dir, trainer.device)
         except (ValueError, FloatingPointError) as e:  # e.g. a model trained at train.lr=1e30 overflows
-            raise NonFiniteError(f"training reached step {step} and its checkpoint is saved in {run_dir}, but the "
-                                 f"end-of-run evaluation failed: {e}") from None
+            raise EvaluationError(f"training reached step {step} and its checkpoint is saved in {run_dir}, but the "
+                                  f"end-of-run evaluation failed: {e}") from None
         done = step - first
         head = (f"{cfg.name} [{cfg.data.name}, {cfg.model.name}, {cfg.sde.name}] step {step}: "
                 f"{done} steps in {seconds:.0f} s ({done / max(seconds, 1e-9):.1f} steps/s, {trainer.device.type})")
@@ -610,7 +614,7 @@ def main(argv=None) -> RunResult | None:
                 result = run(cfg, run_dir, state, progress=not args.no_progress and world.main)
     except (ConfigError, CheckpointError, RunDirError) as e:
         _fail(f"error: {e}", 2)
-    except NonFiniteError as e:
+    except (NonFiniteError, EvaluationError) as e:
         _fail(f"error: {e}", 1)
     except OSError as e:  # a full disk, a read-only or vanished directory: the last checkpoint is intact
         what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
