@@ -155,7 +155,11 @@ def run_data_spec(state: dict, cfg: Config) -> DataSpec:
     of the config's training data (which then must be readable)."""
     if "data_spec" in state:
         return DataSpec.from_dict(state["data_spec"], "checkpoint data_spec")
-    return DataSpec.of(build_dataset(cfg, "train"))
+    try:
+        return DataSpec.of(build_dataset(cfg, "train"))
+    except ConfigError as e:
+        raise ConfigError(f"{e} (this checkpoint predates the data spec that checkpoints now record, so loading "
+                          "it needs its training data)") from None
 
 
 def load_run(path, use_ema: bool = True, device="cpu") -> Run:

@@ -17,7 +17,7 @@ from PIL import Image
 
 import scoresde
 from scoresde.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from scoresde.config import load_config
+from scoresde.config import ConfigError, load_config
 from scoresde.evaluate import main as evaluate_main
 from scoresde.run import DataSpec, build_score_model, build_sde
 from scoresde.sample import main as sample_main
@@ -170,6 +170,12 @@ def test_a_moved_image_folder_does_not_block_sampling(tmp_path, capsys):
     exported = scoresde.save_pretrained(tmp_path / "run", tmp_path / "exported")
     sample_main(["--checkpoint", str(exported), "--out", str(tmp_path / "exported.png"), *args])
     np.testing.assert_array_equal(np.load(tmp_path / "exported.npz")["samples"], before)
+    # a checkpoint from before the data spec was recorded needs the folder, and says so
+    state = load_checkpoint(tmp_path / "run")
+    del state["data_spec"]
+    save_checkpoint(state, tmp_path / "old", 2)
+    with pytest.raises(ConfigError, match="data.root: .*does not exist .*predates the data spec"):
+        scoresde.load(tmp_path / "old")
     # evaluation needs the held-out images, and says where it looked for them
     capsys.readouterr()
     with pytest.raises(SystemExit):
@@ -250,6 +256,20 @@ def test_an_export_into_a_run_directory_is_refused(toy_run):
     with pytest.raises(ValueError, match="holds a run's checkpoints"):
         scoresde.save_pretrained(toy_run[0], toy_run[0])
     assert not (toy_run[0] / "config.json").exists()
+
+
+def test_an_export_of_a_bare_model_samples_but_cannot_be_evaluated(tmp_path, capsys):
+    """Without a run config there is no held-out data: sampling writes the samples (no figure to
+    compare with), evaluation stops and says why."""
+    cfg = load_config(None, ["model.hidden=16", "model.embed_dim=8"])
+    out = scoresde.save_pretrained(build_score_model(cfg, DataSpec((3,)), build_sde(cfg)), tmp_path / "bare")
+    sample_main(["--checkpoint", str(out), "--method", "ddim", "--steps", "2", "--n", "4", "--out",
+                 str(tmp_path / "s.png"), "--no-progress"])
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (4, 3) and not (tmp_path / "s.png").exists()
+    assert "no figure" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_main(["--checkpoint", str(out), "--no-progress"])
+    assert "records no data set" in capsys.readouterr().err
 
 
 def test_save_pretrained_needs_a_model_it_can_describe(tmp_path):

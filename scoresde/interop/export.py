@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -85,7 +85,7 @@ def save_pretrained(model_or_run, out_dir, ema: bool = True) -> Path:
     ema=False), a `Run` from `load_run`, or a ScoreModel built by scoresde (`build_score_model`,
     `load`), which carries its `ModelSpec` as `.spec`.
     """
-    if isinstance(model_or_run, (str, Path)):
+    if isinstance(model_or_run, (str, os.PathLike)):
         run = load_saved(model_or_run, ema)
     elif isinstance(model_or_run, Run):
         run = model_or_run
