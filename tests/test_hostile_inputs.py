@@ -907,3 +907,27 @@ def test_cli_sample_flags_fuzzed(toy_run, tmp_path_factory, capsys, flag, value)
     else:
         last = err.strip().splitlines()[-1]
         assert status == 2 and ("error:" in last) and (flag in last or "--" in last or "eps" in last), err
+
+
+def test_cli_resume_of_a_checkpoint_missing_its_optimizer_state(toy_run, tmp_path, capsys):
+    """A valid checksum and finite weights, but no optimizer state: --resume says what is missing."""
+    from scoresde.checkpoint import load_checkpoint, save_checkpoint
+    state = load_checkpoint(toy_run / "ckpt_00000008.pt")
+    del state["optimizer"]
+    path = save_checkpoint(state, tmp_path / "run", 8)
+    status, err = _cli_main("train", ["--resume", str(path), "--no-progress", "train.steps=10"], capsys)
+    assert status == 2 and "cannot be resumed: it has no optimizer in it" in err and "Traceback" not in err, err
+
+
+def test_cli_evaluate_huge_score_is_a_clear_error(toy_run, tmp_path, capsys):
+    """Finite but huge weights: dopri5's step size underflows; evaluate exits 1 with one line."""
+    from scoresde.checkpoint import load_checkpoint, save_checkpoint
+    state = load_checkpoint(toy_run / "ckpt_00000008.pt")
+    module = state["ema"]["module"]
+    last = [k for k in module if k.endswith("weight")][-1]
+    module[last] = module[last] * 1e30
+    path = save_checkpoint(state, tmp_path / "run", 8)
+    status, err = _cli_main("evaluate", ["--checkpoint", str(path), "--n", "2", "--no-progress"], capsys)
+    last = err.strip().splitlines()[-1]
+    assert status == 1 and "Traceback" not in err, err
+    assert last.startswith("error: the dopri5 solver's step size underflowed to 0") or "not finite" in last, err
