@@ -372,3 +372,19 @@ def test_quantized_dataset_labels_must_fit_num_classes():
         QuantizedDataset(torch.zeros(2, 1, 1, 1, dtype=torch.long), 4, torch.tensor([0, 5]), num_classes=3)
     with pytest.raises(ValueError, match="label -1"):
         QuantizedDataset(torch.zeros(2, 1, 1, 1, dtype=torch.long), 4, torch.tensor([0, -1]))
+
+
+def test_unreadable_data_files_name_the_file(tmp_path, monkeypatch):
+    """What chmod 0 gives a non-root user (simulated: the tests may run as root)."""
+    from pathlib import Path
+    root = _mnist_dir(tmp_path / "m")
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name.startswith("train-labels"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte cannot be read: Permission denied"):
+        load_dataset("mnist", str(root))

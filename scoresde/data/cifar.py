@@ -67,7 +67,14 @@ def _read_batches(root: Path, names: list[str]) -> list[tuple[np.ndarray, np.nda
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise FileNotFoundError(f"no CIFAR-10 batch {missing[0]!r} in {folder}")
-    return [_unpickle_batch((folder / n).read_bytes(), str(folder / n)) for n in names]
+    return [_unpickle_batch(_read(folder / n), str(folder / n)) for n in names]
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:  # permissions, a directory of that name
+        raise ValueError(f"{path} cannot be read: {e.strerror or e}") from None
 
 
 def load_cifar10_dataset(root, split: str = "train") -> QuantizedDataset:

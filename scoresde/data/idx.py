@@ -24,7 +24,10 @@ SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 def read_idx(path) -> np.ndarray:
     """The array stored in one IDX file (gzip detected from the content, not the name)."""
     path = Path(path)
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:  # permissions, a directory of that name
+        raise ValueError(f"{path} cannot be read: {e.strerror or e}") from None
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
