@@ -141,14 +141,11 @@ def heldout_bits_per_dim(model, heldout, n: int, device="cpu") -> float | None:
     """Mean bits/dim of the first n held-out images (one dequantization draw per image) via the
     probability-flow likelihood of `model` (a ScoreModel with its SDE); None without torchdiffeq."""
     try:
-        from .likelihood import log_likelihood
+        from .likelihood import bits_per_dim
     except ImportError:
         return None
-    from .data import bits_per_dim, dequantize
-
-    v = heldout.values[:n]
-    x = dequantize(v, heldout.levels, generator=torch.Generator().manual_seed(0)).to(device)
-    dims = v[0].numel()
-    out = log_likelihood(model.score_fn(), model.sde, x, trace="exact" if dims <= 64 else "hutchinson",
-                         generator=torch.Generator(device).manual_seed(0))
-    return float(bits_per_dim(out.log_p.double().cpu(), heldout.levels, dims).mean())
+    v = heldout.values[:n].to(device)
+    trace = "exact" if v[0].numel() <= 64 else "hutchinson"
+    res = bits_per_dim(model.score_fn(), model.sde, v, levels=heldout.levels, trace=trace,
+                       generator=torch.Generator(device).manual_seed(0))
+    return float(res.bpd.double().mean())

@@ -152,7 +152,7 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, v: torch.Tensor, *, levels: int,
     (scoresde.data trains on (-1, 1)). Each of the n_draws dequantizations u ~ U[0, 1)^D
     (scoresde.data.quantized.dequantize, rounded to `dtype`) is drawn from `generator`, which also
     draws the Hutchinson probes; likelihood_kwargs go to `log_likelihood`.
-    bpd = -(mean_k log p_x(x_k) + D log((hi - lo)/levels)) / (D log 2)  (quantized.bits_per_dim).
+    bpd = -(mean_k log p_x(x_k) + D log((hi - lo)/levels)) / (D log 2)  (quantized.log_p_to_bits_per_dim).
     """
     if not torch.is_tensor(v) or torch.is_floating_point(v) or torch.is_complex(v) or v.dim() < 2:
         raise TypeError(f"v must be an integer tensor of levels, shape (batch, ...), got "
@@ -182,7 +182,7 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, v: torch.Tensor, *, levels: int,
     for _ in range(n_draws):
         x = dequantize(v, levels, generator=generator, dtype=dtype, data_range=data_range)
         res = log_likelihood(score_fn, sde, x, generator=generator, **likelihood_kwargs)
-        bpd.append(quantized.bits_per_dim(res.log_p, levels, num_dims, data_range))
+        bpd.append(quantized.log_p_to_bits_per_dim(res.log_p, levels, num_dims, data_range))
         nfe += res.nfe
     draws = torch.stack(bpd)
     return BitsPerDim(draws.mean(0), draws, nfe)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from scoresde.data import (DIGITS_LEVELS, TOY_SETS, BatchStream, QuantizedDataset, bits_per_dim, center,
-                           dequantize, load_dataset, log_det_jacobian, quantize, read_idx, to_unit_bins)
+from scoresde.data import (DIGITS_LEVELS, TOY_SETS, BatchStream, QuantizedDataset, center, dequantize,
+                           load_dataset, log_det_jacobian, log_p_to_bits_per_dim, quantize, read_idx,
+                           to_unit_bins)
 
 
 def gen(seed=0):
@@ -92,8 +93,8 @@ def test_bits_per_dim_of_uniform_density_is_log2_levels():
     # the uniform density 2^-D on [-1, 1]^D is the uniform distribution over levels^D values: log2(levels) bits
     d = 64
     log_px = torch.full((3,), -d * math.log(2.0), dtype=torch.float64)
-    assert torch.allclose(bits_per_dim(log_px, 256, d), torch.full((3,), 8.0, dtype=torch.float64))
-    assert torch.allclose(bits_per_dim(log_px, 17, d), torch.full((3,), math.log2(17), dtype=torch.float64))
+    assert torch.allclose(log_p_to_bits_per_dim(log_px, 256, d), torch.full((3,), 8.0, dtype=torch.float64))
+    assert torch.allclose(log_p_to_bits_per_dim(log_px, 17, d), torch.full((3,), math.log2(17), dtype=torch.float64))
 
 
 def test_levels_must_be_an_integer_at_least_2():

@@ -19,7 +19,7 @@ from .dataset import BatchStream, QuantizedDataset, ToyDataset
 from .digits import DIGITS_LEVELS, digits_split_indices, load_digits_dataset
 from .idx import load_idx_dataset, read_idx
 from .image_folder import load_image_folder
-from .quantized import bits_per_dim, center, dequantize, log_det_jacobian, quantize, to_unit_bins
+from .quantized import center, log_p_to_bits_per_dim, dequantize, log_det_jacobian, quantize, to_unit_bins
 from .toy2d import TOY_SETS
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -74,5 +74,5 @@ def list_datasets() -> list[str]:
 
 __all__ = ["ToyDataset", "QuantizedDataset", "BatchStream", "load_dataset", "list_datasets", "DATASETS",
            "TOY_SETS", "dequantize", "center", "to_unit_bins", "quantize", "log_det_jacobian",
-           "bits_per_dim", "read_idx", "load_idx_dataset", "load_cifar10_dataset", "load_image_folder",
+           "log_p_to_bits_per_dim", "read_idx", "load_idx_dataset", "load_cifar10_dataset", "load_image_folder",
            "load_digits_dataset", "digits_split_indices", "DIGITS_LEVELS", "FASHION_MNIST_ROOT"]

@@ -81,7 +81,7 @@ def log_det_jacobian(levels: int, num_dims: int, data_range: tuple[float, float]
     return num_dims * math.log((hi - lo) / levels)
 
 
-def bits_per_dim(log_px: torch.Tensor, levels: int, num_dims: int,
+def log_p_to_bits_per_dim(log_px: torch.Tensor, levels: int, num_dims: int,
                  data_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
     """bits/dim of dequantized data from per-sample log p_x(x) in nats (module docstring)."""
     return -(log_px + log_det_jacobian(levels, num_dims, data_range)) / (num_dims * math.log(2.0))
