@@ -21,6 +21,7 @@ import sys
 import torch
 from tqdm import tqdm
 
+from ._checks import check_device
 from .checkpoint import CheckpointError
 from .config import MAX_COUNT, MAX_SEED, ConfigError
 from .likelihood import ADAPTIVE_METHODS, FIXED_METHODS, TRACES, bits_per_dim, log_likelihood
@@ -63,14 +64,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} {value} is not allowed: it must be in {lo}..{MAX_COUNT}")
     if not 0 <= args.seed <= MAX_SEED:
         raise ValueError(f"--seed {args.seed} is not allowed: it must be in 0..2**63-1")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        raise ValueError(f"--device {args.device!r} is not a device: use 'cpu' or 'cuda[:N]' ({e})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {args.device!r} is not allowed: use 'cpu' or 'cuda[:N]'")
+    check_device("--device", args.device)
 
 
 def evaluate(args: argparse.Namespace) -> dict:
