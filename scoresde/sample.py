@@ -177,7 +177,9 @@ def _sample_share(args: argparse.Namespace, device: torch.device, world: distrib
             times = load_times(args.times) if args.times else calibrated_times(args, model, spec, options, device)
             options["schedule"] = times
         indices = share_indices(args.n, args.batch_size or args.n, world)
-        x = draw(score, model.sde, spec.event_shape, indices, args, guidance, options, device)
+        x = draw(lambda chunk: score, model.sde, spec.event_shape, indices, method=args.method, steps=args.steps,
+                 eps=args.eps, seed=args.seed, batch_size=args.batch_size or args.n, guidance=guidance,
+                 options=options, device=device, progress=not args.no_progress)
     except (CheckpointError, ConfigError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -235,18 +237,19 @@ def prior_draws(sde, event_shape, seed: int, indices: torch.Tensor) -> torch.Ten
                       for i in indices.tolist()])
 
 
-def draw(score, sde, event_shape, indices: torch.Tensor, args, guidance, options, device) -> torch.Tensor:
-    """The samples `indices` (this process's share), chunk by chunk (module docstring: seeding), on
-    the CPU in float32, with one progress bar over the samples."""
-    batch_size = args.batch_size or args.n
+def draw(score_for, sde, event_shape, indices: torch.Tensor, *, method: str, steps: int | None, eps: float,
+         seed: int, batch_size: int, guidance=None, options: dict | None = None, device="cpu",
+         progress: bool = True) -> torch.Tensor:
+    """The samples `indices` chunk by chunk (module docstring: seeding), float32 on the CPU, with one
+    progress bar over the samples; score_for(chunk indices) is the score function of a chunk."""
     out = []
-    with tqdm(total=len(indices), unit="sample", disable=args.no_progress, desc=args.method) as bar:
+    with tqdm(total=len(indices), unit="sample", disable=not progress, desc=method) as bar:
         for chunk in indices.split(batch_size):
             k = int(chunk[0]) // batch_size
-            x_T = prior_draws(sde, event_shape, args.seed, chunk).to(device)
-            gen = torch.Generator(device).manual_seed(distributed.rank_seed(args.seed, 1, k))
-            x = sample(score, sde, method=args.method, steps=args.steps, eps=args.eps, x_T=x_T, generator=gen,
-                       guidance=guidance, **options)
+            x_T = prior_draws(sde, event_shape, seed, chunk).to(device)
+            gen = torch.Generator(device).manual_seed(distributed.rank_seed(seed, 1, k))
+            x = sample(score_for(chunk), sde, method=method, steps=steps, eps=eps, x_T=x_T, generator=gen,
+                       guidance=guidance, **(options or {}))
             out.append(x.float().cpu())
             bar.update(len(chunk))
     return torch.cat(out) if out else torch.zeros(0, *event_shape)
