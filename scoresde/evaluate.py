@@ -55,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="test", help="data split for data sets with splits (default: test)")
     p.add_argument("--n", type=int, default=0, help="likelihood: evaluate the first n samples (0 = the whole split; "
                                                     "toy sets: 1000 held-out draws); --metrics: generate n "
-                                                    "samples (0 = 2000)")
+                                                    "samples (0 = 2000), or score the first n --images (0 = all)")
     p.add_argument("--trace", choices=("auto",) + TRACES, default="auto",
                    help="divergence: exact, hutchinson, or auto (exact up to 64 dimensions)")
     p.add_argument("--probes", choices=("rademacher", "gaussian"), default="rademacher",
@@ -239,9 +239,7 @@ def image_evaluation(args: argparse.Namespace) -> dict:
                                           device=args.device, progress=not args.no_progress)
         ref_name = f"{name}[{args.split}]"
     if run is None:
-        if args.n:
-            raise ValueError("--n: with --images every image is scored (leave out --n, or pass fewer images)")
-        fake, source = args.images, Path(args.images)
+        fake, source = (first_images(args.images, args.n) if args.n else args.images), Path(args.images)
     else:
         fake, source = model_images(args, run, args.n or 2000), run.source
     values = image_metrics(fake, reference, names, features=network, batch_size=args.batch_size,
@@ -250,6 +248,19 @@ def image_evaluation(args: argparse.Namespace) -> dict:
     for key, value in values.items():
         out[key] = value._asdict() if hasattr(value, "_asdict") else value
     return out
+
+
+def first_images(images, n: int) -> torch.Tensor:
+    """The first n images (all, if fewer) of a folder or .npz, as a uint8 tensor."""
+    from .metrics.image_sources import image_source
+
+    source, out, have = image_source(images, "--images"), [], 0
+    for batch in source.batches(min(n, 1000)):
+        out.append(batch[:n - have])
+        have += out[-1].shape[0]
+        if have == n:
+            break
+    return torch.cat(out)
 
 
 def values_n(fake) -> int:

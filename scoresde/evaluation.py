@@ -7,7 +7,8 @@
   experiments/digits_classifier.py); the held-out bits/dim when eval.bpd_n > 0; the FID of
   eval.fid_n samples against the test split (cached reference statistics, `scoresde.metrics`) when
   eval.fid_n > 0 and the metrics extra is installed. Off by default: the Inception runs at 299 x 299,
-  about 0.1 s per image on one CPU core, so even n = 1000 adds minutes to a small run.
+  about 1.3 s per image on one core of a shared 2-core machine (median of 3 passes of 20 images),
+  so even n = 1000 adds tens of minutes to a small run.
 * Labelled data with a class-conditional model: samples cycle through the classes.
 """
 

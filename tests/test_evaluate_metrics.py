@@ -77,6 +77,8 @@ def test_the_reference_split_itself_scores_zero(tmp_path, features, capsys):
     assert saved["fid"] == out["fid"] and saved["pr"] == out["pr"]
     assert "FID" in capsys.readouterr().out
     assert len(list((tmp_path / "cache").glob("digits-test-all-*.npz"))) == 1  # cached for the next call
+    first = main([*args, "--n", "100", "--json", str(tmp_path / "first.json")])  # the first 100 images only
+    assert first["n"] == 100 and first["fid"] > out["fid"]
 
 
 def test_model_fid_is_the_frechet_distance_of_its_samples(tmp_path, digits_run, features):
