@@ -202,7 +202,10 @@ def _sample_share(args: argparse.Namespace, device: torch.device, world: distrib
         arrays["times"] = times.numpy()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        if spec.levels is not None:
+        if len(x) == 0:
+            print(f"note: no figure: process {world.rank} has no chunk of --batch-size samples (more processes "
+                  "than chunks)", file=sys.stderr)
+        elif spec.levels is not None:
             from .data import quantize
             from .figures import image_grid
             image_grid(quantize(x, spec.levels), spec.levels, out, scale=max(1, 64 // spec.event_shape[-1]))
@@ -245,7 +248,7 @@ def draw(score_for, sde, event_shape, indices: torch.Tensor, *, method: str, ste
     progress bar over the samples; score_for(chunk indices) is the score function of a chunk."""
     out = []
     with tqdm(total=len(indices), unit="sample", disable=not progress, desc=method) as bar:
-        for chunk in indices.split(batch_size):
+        for chunk in indices.split(batch_size) if len(indices) else ():
             k = int(chunk[0]) // batch_size
             x_T = prior_draws(sde, event_shape, seed, chunk).to(device)
             gen = torch.Generator(device).manual_seed(distributed.rank_seed(seed, 1, k))

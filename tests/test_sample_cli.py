@@ -157,18 +157,21 @@ def test_two_processes_write_the_one_process_samples(runs, tmp_path):
     import sys
     from pathlib import Path
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    args = ["--checkpoint", str(runs / "uncond"), "--method", "euler_maruyama", "--steps", str(STEPS), "--num-samples", "7",
-            "--batch-size", "2", "--seed", "5", "--no-progress"]
+    args = ["--checkpoint", str(runs / "uncond"), "--method", "euler_maruyama", "--steps", str(STEPS), "--num-samples",
+            "7", "--batch-size", "2", "--seed", "5", "--no-progress"]
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", "-m", "scoresde.sample", *args, "--out", str(tmp_path / "d.png"),
-           "--png-dir", str(tmp_path / "pngs")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+
+    def torchrun(*extra):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={port}", "-m", "scoresde.sample", *args, "--out", str(tmp_path / "d.png"), *extra]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+        r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    torchrun("--png-dir", str(tmp_path / "pngs"))
     main([*args, "--out", str(tmp_path / "one.png")])
     one = np.load(tmp_path / "one.npz")
     shares = [np.load(tmp_path / f"d_rank{rank}.npz") for rank in (0, 1)]
@@ -177,6 +180,18 @@ def test_two_processes_write_the_one_process_samples(runs, tmp_path):
     union = np.concatenate([s["samples"] for s in shares])[np.argsort(np.concatenate([s["indices"] for s in shares]))]
     close(union, one["samples"])
     assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == [f"{i}.png" for i in range(7)]
+
+
+def test_a_process_without_a_chunk_writes_an_empty_share(runs, tmp_path):
+    """More processes than chunks: rank 1 of 2 has no chunk of 8 when n = 7, and writes an empty share."""
+    import importlib
+
+    cli = importlib.import_module("scoresde.sample")
+    args = cli.parse_args(["--checkpoint", str(runs / "uncond"), "--method", "ddim", "--steps", "2", "--n", "7",
+                           "--batch-size", "8", "--out", str(tmp_path / "d.png"), "--no-progress"])
+    cli._sample_share(args, torch.device("cpu"), World(1, 2))
+    share = np.load(tmp_path / "d_rank1.npz")
+    assert share["samples"].shape == (0, 1, 8, 8) and share["indices"].shape == (0,)
 
 
 def test_no_ema_samples_with_the_raw_weights(runs, tmp_path):
