@@ -172,3 +172,23 @@ def check_finite(value: torch.Tensor, name: str, t=None) -> torch.Tensor:
         at = "" if t is None else f" at t={format_time(t, bad)}"
         raise ValueError(f"{name} returned non-finite values (NaN or inf){at} for samples {listed(bad)}")
     return value
+
+
+def check_device(flag: str, name: str) -> torch.device:
+    """The torch device `name` names (cpu, cuda, cuda:N, mps) if this machine has it; ValueError
+    naming `flag` and what is allowed otherwise."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{flag} {name!r} is not a device: use cpu, cuda, cuda:N or mps ({e})") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{flag} {name!r} is not allowed: use cpu, cuda, cuda:N or mps")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {name}: CUDA is not available on this machine (use {flag} cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{flag} {name}: MPS (Apple GPU) is not available on this machine (use {flag} cpu)")
+    return device

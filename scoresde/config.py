@@ -100,6 +100,7 @@ class EvalConfig:
     heldout_seed: int = 10_000     # toy sets: held-out draws use seeds heldout_seed .. heldout_seed + 5
     classifier: str = "experiments/assets/digits_classifier.pt"
     bpd_n: int = 0                 # test samples for bits/dim (0 = skip)
+    fid_n: int = 0                 # image data: samples for the FID against the test split (0 = skip; needs the metrics extra)
 
 
 @dataclass
@@ -433,5 +434,8 @@ def validate(cfg: Config) -> Config:
     _positive("eval.bpd_n", cfg.eval.bpd_n, allow_zero=True)
     if cfg.eval.bpd_n > MAX_COUNT:
         raise ConfigError(f"eval.bpd_n={cfg.eval.bpd_n!r} is not allowed: it must be in 0..{MAX_COUNT}")
+    _positive("eval.fid_n", cfg.eval.fid_n, allow_zero=True)
+    if cfg.eval.fid_n > MAX_COUNT:
+        raise ConfigError(f"eval.fid_n={cfg.eval.fid_n!r} is not allowed: it must be in 0..{MAX_COUNT}")
     _seed("eval.heldout_seed", cfg.eval.heldout_seed)
     return cfg

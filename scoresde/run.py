@@ -40,6 +40,18 @@ class DataSpec:
         return cls(tuple(dataset.event_shape), getattr(dataset, "num_classes", None), levels,
                    (-1.0, 1.0) if levels is not None else None)
 
+    def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples x of quantized data as uint8 images for image tools: x mapped from data_range to
+        [-1, 1], its level v (`scoresde.data.quantize`), then round(v * 255 / (levels - 1)), the map
+        `scoresde.metrics.reference_statistics` applies to a data set's own levels."""
+        from .data import quantize
+
+        if self.levels is None:
+            raise ValueError("the data are not quantized (no levels recorded), so samples have no image values")
+        lo, hi = self.data_range or (-1.0, 1.0)
+        v = quantize((x.double() - lo) * (2.0 / (hi - lo)) - 1.0, self.levels)
+        return (v.double() * (255 / (self.levels - 1))).round().to(torch.uint8)
+
     def to_dict(self) -> dict:
         return {"event_shape": list(self.event_shape), "num_classes": self.num_classes, "levels": self.levels,
                 "data_range": list(self.data_range) if self.data_range is not None else None}

@@ -15,7 +15,8 @@ import torch
 
 from scoresde.config import load_config
 from scoresde.run import load_run
-from scoresde.sample import main
+from scoresde.distributed import World
+from scoresde.sample import main, prior_draws, share_indices
 from scoresde.sampling import sample
 from scoresde.train import Trainer, train_loop
 
@@ -75,8 +76,8 @@ def test_classifier_free_guidance_end_to_end(runs, tmp_path):
         su = s_uncond(x, t)
         return su + w * (s_cond(x, t) - su)
 
-    want = sample(by_hand, model.sde, (N, 1, 8, 8), method="ddim", steps=STEPS,
-                  generator=torch.Generator().manual_seed(5))
+    x_T = prior_draws(model.sde, (1, 8, 8), 5, torch.arange(N))
+    want = sample(by_hand, model.sde, method="ddim", steps=STEPS, x_T=x_T)
     close(guided["samples"], want.float().numpy())
     assert not np.allclose(guided["samples"], cond["samples"], rtol=1e-2, atol=1e-2)
 
@@ -108,6 +109,9 @@ def test_calibrate_fits_a_grid_that_times_reuses(runs, tmp_path, capsys):
     ("cond", ["--class", "3", "--guidance-scale", "nan"], r"--guidance-scale nan is not allowed"),
     ("cond", ["--guidance-scale", "2"], "--guidance-scale needs --class"),
     ("cond", ["--n", "0"], "--n 0 is not allowed"),
+    ("cond", ["--batch-size", "0"], "--batch-size 0 is not allowed"),
+    ("cond", ["--device", "tpu"], "--device 'tpu' is not"),
+    ("cond", ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:99"], "--device cuda"),
     ("cond", ["--method", "dpm3"], "unknown sampler"),
     ("cond", ["--options", "{bad json"], "--options is not valid JSON"),
     ("cond", ["--calibrate", "8"], "--calibrate needs --steps"),
@@ -126,6 +130,113 @@ def test_bad_input_gets_a_clear_error(runs, tmp_path, capsys, run, args, match):
     assert err.startswith("error: ")
     assert re.search(match, err), err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_batch_size_does_not_change_a_sample(runs, tmp_path):
+    """A sample depends on its own seed only, not on its batch-mates: the deterministic ddim run in
+    chunks of 3 equals the run of all 8 at once."""
+    whole = run_cli(runs / "cond", tmp_path / "all.png", "--class", "3")
+    chunked = run_cli(runs / "cond", tmp_path / "b3.png", "--class", "3", "--batch-size", "3")
+    close(chunked["samples"], whole["samples"])
+    np.testing.assert_array_equal(chunked["indices"], np.arange(N))
+
+
+def test_ranks_share_the_chunks_of_one_run():
+    """P processes take chunks r, r + P, ... of the one-process chunking: disjoint, and together 0..n-1."""
+    shares = [share_indices(10, 3, World(r, 3)).tolist() for r in range(3)]
+    assert shares == [[0, 1, 2, 9], [3, 4, 5], [6, 7, 8]]
+    assert share_indices(2, 3, World(1, 2)).tolist() == []
+
+
+def test_two_processes_write_the_one_process_samples(runs, tmp_path):
+    """`torchrun --nproc_per_node=2`: each rank writes its chunks; with a stochastic method (noise
+    seeded per chunk) the union, ordered by index, is the one-process run at the same --batch-size."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = ["--checkpoint", str(runs / "uncond"), "--method", "euler_maruyama", "--steps", str(STEPS), "--num-samples",
+            "7", "--batch-size", "2", "--seed", "5", "--no-progress"]
+    root = Path(__file__).resolve().parents[1]
+
+    def torchrun(*extra):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={port}", "-m", "scoresde.sample", *args, "--out", str(tmp_path / "d.png"), *extra]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+        r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    torchrun("--png-dir", str(tmp_path / "pngs"))
+    main([*args, "--out", str(tmp_path / "one.png")])
+    one = np.load(tmp_path / "one.npz")
+    shares = [np.load(tmp_path / f"d_rank{rank}.npz") for rank in (0, 1)]
+    np.testing.assert_array_equal(shares[0]["indices"], [0, 1, 4, 5])
+    np.testing.assert_array_equal(shares[1]["indices"], [2, 3, 6])
+    union = np.concatenate([s["samples"] for s in shares])[np.argsort(np.concatenate([s["indices"] for s in shares]))]
+    close(union, one["samples"])
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == [f"{i}.png" for i in range(7)]
+
+
+def test_a_process_without_a_chunk_writes_an_empty_share(runs, tmp_path):
+    """More processes than chunks: rank 1 of 2 has no chunk of 8 when n = 7, and writes an empty share."""
+    import importlib
+
+    cli = importlib.import_module("scoresde.sample")
+    args = cli.parse_args(["--checkpoint", str(runs / "uncond"), "--method", "ddim", "--steps", "2", "--n", "7",
+                           "--batch-size", "8", "--out", str(tmp_path / "d.png"), "--no-progress"])
+    cli._sample_share(args, torch.device("cpu"), World(1, 2))
+    share = np.load(tmp_path / "d_rank1.npz")
+    assert share["samples"].shape == (0, 1, 8, 8) and share["indices"].shape == (0,)
+
+
+def test_no_ema_samples_with_the_raw_weights(runs, tmp_path):
+    """--no-ema is sampling with the checkpoint's raw weights (EMA decay 0.5: they differ from the EMA)."""
+    raw = run_cli(runs / "uncond", tmp_path / "raw.png", "--no-ema")
+    ema = run_cli(runs / "uncond", tmp_path / "ema.png")
+    model = load_run(runs / "uncond", use_ema=False).model
+    want = sample(model.score_fn(None), model.sde, method="ddim", steps=STEPS,
+                  x_T=prior_draws(model.sde, (1, 8, 8), 5, torch.arange(N)))
+    close(raw["samples"], want.float().numpy())
+    assert not np.allclose(raw["samples"], ema["samples"], rtol=1e-3, atol=1e-3)
+
+
+def test_png_dir_holds_the_quantized_samples(runs, tmp_path):
+    """Each PNG is sample i quantized to its level v = floor((x + 1) L / 2) (clamped to 0..L-1) and
+    mapped to uint8 by round(v 255 / (L - 1)), L = 17 for digits; the .npz `images` are the same,
+    and scoresde.metrics reads the folder (grey repeated to RGB)."""
+    from PIL import Image
+
+    from scoresde.metrics.image_sources import image_source
+
+    got = run_cli(runs / "uncond", tmp_path / "p.png", "--png-dir", str(tmp_path / "pngs"))
+    levels = 17
+    v = np.clip(np.floor((got["samples"].astype(np.float64) + 1) * levels / 2), 0, levels - 1)
+    want = np.round(v * 255 / (levels - 1)).astype(np.uint8)
+    files = sorted((tmp_path / "pngs").iterdir())
+    assert [f.name for f in files] == [f"{i}.png" for i in range(N)]
+    pngs = np.stack([np.asarray(Image.open(f)) for f in files])[:, None]
+    np.testing.assert_array_equal(pngs, want)
+    np.testing.assert_array_equal(got["images"], want)
+    assert len(np.unique(want)) > 2  # the samples span several levels: the test sees the mapping
+    source = image_source(tmp_path / "pngs")
+    read = torch.cat(list(source.batches(4)))
+    assert read.shape == (N, 3, 8, 8) and (read == torch.from_numpy(want)).all()
+
+
+def test_png_dir_needs_image_data(tmp_path, capsys):
+    from scoresde.checkpoint import save_checkpoint
+
+    save_checkpoint(Trainer(load_config(None, ["train.steps=1"])).state_dict(), tmp_path / "toy", 0)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(tmp_path / "toy"), "--out", str(tmp_path / "x.png"), "--png-dir",
+              str(tmp_path / "pngs"), "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "--png-dir: the model in" in capsys.readouterr().err and not (tmp_path / "pngs").exists()
 
 
 def test_importing_the_cli_module_keeps_scoresde_sample_callable():
