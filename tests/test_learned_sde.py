@@ -208,7 +208,7 @@ def test_trainer_learns_the_schedule_jointly_and_resumes_it(tmp_path):
     raw, ema = full.model.sde, full.ema.module.sde
     assert raw is full.sde and ema is not raw
     assert any(not torch.equal(start[k], v) for k, v in raw.state_dict().items()), "gamma did not train"
-    # EMA with decay 1/2 over 6 updates: theta_ema = 2^-6 theta_0 + sum_j 2^-(7-j) theta_j differs from theta_6
+    # EMA with decay 1/2 over 6 updates: theta_ema = sum_j 2^-(7-j) theta_j / (1 - 2^-6) differs from theta_6
     assert any(not torch.equal(ema.state_dict()[k], v) for k, v in raw.state_dict().items())
     for sde in (raw, ema):
         check_schedule(sde)  # strictly increasing gamma, alpha^2 + sigma^2 = 1 after training

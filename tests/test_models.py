@@ -3,7 +3,7 @@
 Truths used: for x_t = alpha x0 + sigma eps, score = -eps/sigma, x0 = (x_t + sigma^2 score)/alpha
 (Tweedie), v = (alpha eps - sigma x0)/sqrt(alpha^2 + sigma^2); for Gaussian data N(m, s^2 I) the
 posterior mean is E[x0 | x_t] = m + alpha s^2 (x_t - alpha m) / (alpha^2 s^2 + sigma^2); the EMA after
-k updates is decay^k theta_0 + (1 - decay) sum_j decay^(k-j) theta_j.
+k updates is (1 - decay) sum_{j>=1} decay^(k-j) theta_j / (1 - decay^k), without theta_0.
 """
 
 import math
@@ -175,7 +175,8 @@ def test_ema_matches_the_closed_form_average():
             model.steps.fill_(k)
         ema.update(model)
     k = len(thetas) - 1
-    closed = decay ** k * thetas[0] + sum((1 - decay) * decay ** (k - j) * thetas[j] for j in range(1, k + 1))
+    # the bias-corrected average: theta_0 (the initialization) has weight 0, the others sum to 1
+    closed = sum((1 - decay) * decay ** (k - j) * thetas[j] for j in range(1, k + 1)) / (1 - decay ** k)
     torch.testing.assert_close(ema.module.weight[0], closed)
     assert ema.module.steps.item() == k and ema.num_updates == k  # integer buffers are copied
     assert not ema.module.weight.requires_grad and not ema.module.training
@@ -188,6 +189,22 @@ def test_ema_matches_the_closed_form_average():
     assert restored.decay == decay and restored.num_updates == k
     with pytest.raises(ValueError, match="decay"):
         EMA(model, 1.0)
+
+
+def test_ema_of_constant_trained_weights_is_those_weights():
+    """Whatever the decay, an average of updates that all hold theta is theta: none of the
+    initialization remains (a plain EMA at decay 0.999 keeps 0.999^k of it, 13% after 2000 updates)."""
+    model = nn.Linear(3, 2)
+    ema = EMA(model, 0.999)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    for k in (1, 2, 50):
+        while ema.num_updates < k:
+            ema.update(model)
+        for name, value in ema.module.state_dict().items():
+            torch.testing.assert_close(value, trained[name], rtol=1e-6, atol=1e-6)
 
 
 def test_build_model_by_name_and_its_errors():

@@ -1,8 +1,19 @@
-"""Exponential moving average of a model's weights (Polyak averaging; Song et al. 2021 use decay 0.9999).
+"""Exponential moving average of a model's weights (Polyak averaging; Song et al. 2021 use decay 0.9999),
+bias-corrected as Adam's moment estimates are (Kingma & Ba 2015, sec. 3):
 
-After each optimiser step,  theta_ema <- decay * theta_ema + (1 - decay) * theta,  so after k updates
-with weights theta_1 .. theta_k,  theta_ema = decay^k theta_0 + (1 - decay) sum_j decay^(k-j) theta_j.
-Floating buffers are averaged the same way; integer buffers (counters) are copied.
+    theta_ema_k = (1 - decay) sum_{j=1..k} decay^(k-j) theta_j / (1 - decay^k)
+
+after k updates with weights theta_1 .. theta_k: the weights sum to 1 and the initialization theta_0 has
+none. The plain average, started at theta_0, keeps decay^k theta_0; with a last layer initialised at
+zero (the U-Net's) that shrinks the network's output by about that share: after 2000 updates at decay
+0.999 the digits U-Net predicted eps = 0.867 x_T at t = T, so Tweedie's x0 = (x - sigma eps) / alpha
+was 0.133 x_T / alpha(T) = 20 x_T there instead of a digit, and the probability-flow ODE carries that
+to t = 0 (docs/benchmarks.md). The update that keeps the bias-corrected average is
+
+    theta_ema <- theta_ema + w_k (theta_k - theta_ema),   w_k = (1 - decay) / (1 - decay^k),
+
+so w_1 = 1 (the first update replaces theta_0) and w_k -> 1 - decay. Floating buffers are averaged
+the same way; integer buffers (counters) are copied.
 
 The averaged network is `ema.module`: a frozen copy of the model in eval mode, used for sampling and
 evaluation (e.g. `ema.module.score_fn()` for a ScoreModel).
@@ -28,7 +39,8 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """theta_ema <- decay theta_ema + (1 - decay) theta, for every parameter and floating buffer.
+        """theta_ema <- theta_ema + w (theta - theta_ema), w = (1 - decay) / (1 - decay^k) at the k-th
+        update, for every parameter and floating buffer.
 
         The pairing of tensors is computed once per source model: rebuilding it (or two state_dicts)
         every step cost 5-9% of a small model's training step (experiments/bench/train_throughput.py).
@@ -37,14 +49,15 @@ class EMA:
             self._pairs = _pair_tensors(self.module, model)
             self._source = model
         params, buffers = self._pairs
-        torch._foreach_lerp_([e for e, _ in params], [s.detach() for _, s in params], 1.0 - self.decay)
+        self.num_updates += 1
+        weight = (1.0 - self.decay) / (1.0 - self.decay ** self.num_updates)
+        torch._foreach_lerp_([e for e, _ in params], [s.detach() for _, s in params], weight)
         for (em, name), (sm, _) in buffers:  # looked up each step: module.to() replaces buffers
             e, s = em._buffers[name], sm._buffers[name]
             if e.is_floating_point():
-                e.lerp_(s, 1.0 - self.decay)
+                e.lerp_(s, weight)
             else:
                 e.copy_(s)
-        self.num_updates += 1
 
     def to(self, *args, **kwargs) -> "EMA":
         self.module.to(*args, **kwargs)
