@@ -303,25 +303,29 @@ def test_non_finite_score_is_reported():
         sample(lambda x, t: x.sum(1), SDES["vp"], (4, 2), method="euler_maruyama", steps=3)
 
 
+M = 1000  # MMD's cost grows as M^2 (about 1 s at M = 1000)
+
+
 @pytest.fixture(scope="module")
 def mmd_floor():
-    """Largest |MMD^2| (unbiased, so it scatters around 0) between two independent true N-draws, of 8 pairs."""
+    """Largest |MMD^2| (unbiased, so it scatters around 0) between two independent true M-draws, of 8 pairs."""
     from scoresde.metrics import mmd
-    return max(abs(mmd(MIX.sample(N, torch.Generator().manual_seed(200 + 2 * i))[0],
-                       MIX.sample(N, torch.Generator().manual_seed(201 + 2 * i))[0])) for i in range(8))
+    return max(abs(mmd(MIX.sample(M, torch.Generator().manual_seed(200 + 2 * i))[0],
+                       MIX.sample(M, torch.Generator().manual_seed(201 + 2 * i))[0])) for i in range(8))
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 def test_pc_default_is_within_the_noise_floor(sde_name, truth, mmd_floor):
-    """pc with every default (1000 steps, reverse_diffusion + the 'ald' corrector at snr 0.16): SW and
-    MMD to true draws within the noise floors, every mode's width within 8%. The 'langevin' corrector
+    """pc with every default (1000 steps, reverse_diffusion + the 'ald' corrector at snr 0.16): SW to
+    true draws within 1.6x its noise floor, MMD (of M of the samples) within 1.5x, every mode's width
+    within 8%. The 'langevin' corrector
     at the same snr leaves VP's modes 11-29% too wide in 2-D (langevin.py), which this check rejects."""
     from scoresde.metrics import mmd
     sde = SDES[sde_name]
     x = sample(MIX.score_fn(sde), sde, (N, 2), method="pc", generator=torch.Generator().manual_seed(3))
     check_matches_mixture(x, truth)
-    ref, _ = MIX.sample(N, torch.Generator().manual_seed(7))
-    assert mmd(x.double(), ref) < mmd_floor
+    ref, _ = MIX.sample(M, torch.Generator().manual_seed(7))
+    assert mmd(x[:M].double(), ref) < 1.5 * mmd_floor
     if sde_name == "vp":
         x = sample(MIX.score_fn(sde), sde, (N, 2), method="pc", corrector="langevin",
                    generator=torch.Generator().manual_seed(3))

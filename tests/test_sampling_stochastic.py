@@ -76,3 +76,10 @@ def test_weak_order_on_a_gaussian(sde_name, method, options, steps, lo, hi):
     errs = variance_errors(SDES[sde_name], method, steps, options)
     orders = [math.log2(errs[i] / errs[i + 1]) for i in range(len(errs) - 1)]
     assert all(lo <= p <= hi for p in orders), (errs, orders)
+
+
+def test_calibration_refuses_a_stochastic_solver():
+    from scoresde.sampling import calibrate_schedule
+    sde = SDES["vp"]
+    with pytest.raises(ValueError, match=r"eta=1.0 is not allowed: calibrate_schedule fits .* deterministic"):
+        calibrate_schedule(gaussian_score_fn(sde, 0.7, 0.3), sde, torch.randn(8, 2), method="ddim", steps=4, eta=1.0)
