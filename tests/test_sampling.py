@@ -282,7 +282,7 @@ def _score(x, t):
     ({"method": "ddim", "eta": -0.1}, ValueError, r"eta=-0.1 is not allowed"),
     ({"method": "dpmpp_2m_sde", "eta": 1.5}, ValueError, r"eta=1.5 is not allowed: it must lie in \[0, 1\]"),
     ({"method": "edm", "S_churn": -1}, ValueError, r"S_churn=-1 is not allowed"),
-    ({"method": "edm", "S_tmin": 2.0, "S_tmax": 1.0}, ValueError, r"S_tmax=1.0 is not allowed: it must be >= S_tmin=2.0"),
+    ({"method": "edm", "S_tmin": 2.0, "S_tmax": 1.0}, ValueError, r"S_tmax=1.0 is not allowed: .* >= S_tmin=2.0"),
     ({"method": "edm", "S_noise": 0}, ValueError, r"S_noise=0 is not allowed"),
     ({"method": "edm", "S_tmin": float("nan")}, ValueError, r"S_tmin=nan is not allowed"),
     ({"method": "unipc", "order": 5}, ValueError, r"order=5 is not allowed.*1, 2, 3, 4"),
