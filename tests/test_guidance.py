@@ -69,7 +69,7 @@ def test_guidance_scale_zero_and_two():
     ("classifier", "dpmpp_3m", 30, {}),
     ("classifier_free", "euler_maruyama", 300, {}),
     ("gradient", "ode", None, {}),
-    ("sum", "pc", 200, {"step_rule": "kernel"}),
+    ("sum", "pc", 200, {}),
     ("classifier", "torchsde", 50, {}),
     ("classifier_free", "annealed_langevin", 20, {"n_steps_each": 100}),
 ])

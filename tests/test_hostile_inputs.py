@@ -234,7 +234,7 @@ SAMPLE_ARGS = {
         [lambda x, t: torch.zeros_like(x), "x"]]),
     "denoise": NOT_REALS.filter(lambda v: not isinstance(v, bool)),
 }
-OPTION_NAMES = ["schedule", "solver", "predictor", "snr", "rho", "n_corrector", "step_rule", "rtol"]
+OPTION_NAMES = ["schedule", "solver", "predictor", "snr", "rho", "n_corrector", "corrector", "rtol"]
 
 
 def _check_sample(method, param, value):

@@ -78,13 +78,20 @@ CASES = [
     ("euler_maruyama", 500, {}),
     ("reverse_diffusion", 500, {}),
     ("ancestral", 500, {}),
-    ("pc", 300, {"step_rule": "kernel"}),
-    ("pc", 200, {"predictor": None, "n_corrector": 10, "snr": 0.3, "step_rule": "kernel"}),
+    ("pc", 300, {}),
+    ("pc", 200, {"predictor": None, "n_corrector": 10, "snr": 0.3}),
     ("annealed_langevin", 20, {"n_steps_each": 100}),
     ("torchsde", 100, {"solver": "srk"}),
     ("ode", None, {}),
     ("ode", 30, {"solver": "rk4"}),
     ("ddim", 100, {}),
+    ("ddim", 100, {"eta": 1.0}),
+    ("ddim", 100, {"eta": 0.5}),
+    ("dpmpp_2m_sde", 50, {}),
+    ("dpmpp_3m_sde", 50, {}),
+    ("edm", 30, {}),
+    ("edm", 60, {"S_churn": 10}),
+    ("edm", 100, {"S_churn": 40, "S_tmin": 0.05, "S_tmax": 50, "S_noise": 1.003}),  # EDM's ImageNet settings
     ("dpmpp_2m", 50, {}),
     ("dpmpp_3m", 30, {}),
     ("dpmpp_3m", 30, {"schedule": "karras"}),
@@ -109,11 +116,12 @@ def test_samples_match_mixture(sde_name, method, steps, options, truth):
     check_matches_mixture(x, truth)
 
 
-def test_pc_song_step_rule_in_high_dimension():
-    """Song et al.'s per-sample snr rule (the default) on a 32-D mixture: weights 1/4, stds 0.5 (±5%)."""
+@pytest.mark.parametrize("corrector", ["ald", "langevin"])
+def test_pc_correctors_in_high_dimension(corrector):
+    """Both correctors on a 32-D mixture, where |score|^2 ~ D / sigma^2: weights 1/4, stds 0.5 (±5%)."""
     gm = GaussianMixture.ring(4, 4.0, 0.5, dim=32)
     sde = SDES["vp"]
-    x = sample(gm.score_fn(sde), sde, (1000, 32), method="pc", steps=300,
+    x = sample(gm.score_fn(sde), sde, (1000, 32), method="pc", steps=300, corrector=corrector,
                generator=torch.Generator().manual_seed(3)).double()
     k = torch.cdist(x, gm.means).argmin(1)
     for j in range(4):
@@ -271,6 +279,13 @@ def _score(x, t):
     ({"method": "pc", "predictor": "foo"}, ValueError, "unknown predictor"),
     ({"method": "dpmpp_2m", "schedule": "cosine"}, ValueError, "unknown schedule"),
     ({"method": "pc", "snr": -1}, ValueError, "snr"),
+    ({"method": "pc", "corrector": "ALD"}, ValueError, r"unknown corrector 'ALD'; allowed: 'ald'"),
+    ({"method": "ddim", "eta": -0.1}, ValueError, r"eta=-0.1 is not allowed"),
+    ({"method": "dpmpp_2m_sde", "eta": 1.5}, ValueError, r"eta=1.5 is not allowed: it must lie in \[0, 1\]"),
+    ({"method": "edm", "S_churn": -1}, ValueError, r"S_churn=-1 is not allowed"),
+    ({"method": "edm", "S_tmin": 2.0, "S_tmax": 1.0}, ValueError, r"S_tmax=1.0 is not allowed: .* >= S_tmin=2.0"),
+    ({"method": "edm", "S_noise": 0}, ValueError, r"S_noise=0 is not allowed"),
+    ({"method": "edm", "S_tmin": float("nan")}, ValueError, r"S_tmin=nan is not allowed"),
     ({"method": "unipc", "order": 5}, ValueError, r"order=5 is not allowed.*1, 2, 3, 4"),
     ({"method": "ddim", "guidance": lambda x, t: x[:, :1]}, ValueError, "shaped like x"),
     ({"method": "ddim", "guidance": lambda x, t: x * float("nan")}, ValueError, "non-finite"),
@@ -287,3 +302,33 @@ def test_non_finite_score_is_reported():
         sample(lambda x, t: x / 0, SDES["vp"], (4, 2), method="ddim", steps=3)
     with pytest.raises(ValueError, match="shaped like x"):
         sample(lambda x, t: x.sum(1), SDES["vp"], (4, 2), method="euler_maruyama", steps=3)
+
+
+M = 1000  # MMD's cost grows as M^2 (about 1 s at M = 1000)
+
+
+@pytest.fixture(scope="module")
+def mmd_floor():
+    """Largest |MMD^2| (unbiased, so it scatters around 0) between two independent true M-draws, of 8 pairs."""
+    from scoresde.metrics import mmd
+    return max(abs(mmd(MIX.sample(M, torch.Generator().manual_seed(200 + 2 * i))[0],
+                       MIX.sample(M, torch.Generator().manual_seed(201 + 2 * i))[0])) for i in range(8))
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_pc_default_is_within_the_noise_floor(sde_name, truth, mmd_floor):
+    """pc with every default (1000 steps, reverse_diffusion + the 'ald' corrector at snr 0.16): SW to
+    true draws within 1.6x its noise floor, MMD (of M of the samples) within 1.5x, every mode's width
+    within 8%. The 'langevin' corrector
+    at the same snr leaves VP's modes 11-29% too wide in 2-D (langevin.py), which this check rejects."""
+    from scoresde.metrics import mmd
+    sde = SDES[sde_name]
+    x = sample(MIX.score_fn(sde), sde, (N, 2), method="pc", generator=torch.Generator().manual_seed(3))
+    check_matches_mixture(x, truth)
+    ref, _ = MIX.sample(M, torch.Generator().manual_seed(7))
+    assert mmd(x[:M].double(), ref) < 1.5 * mmd_floor
+    if sde_name == "vp":
+        x = sample(MIX.score_fn(sde), sde, (N, 2), method="pc", corrector="langevin",
+                   generator=torch.Generator().manual_seed(3))
+        with pytest.raises(AssertionError):
+            check_matches_mixture(x, truth)

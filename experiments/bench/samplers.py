@@ -143,7 +143,7 @@ OURS_STOCH = [
     ("euler_maruyama", "euler_maruyama", {}, lambda n: n - 1),
     ("reverse_diffusion", "reverse_diffusion", {}, lambda n: n - 1),
     ("ancestral", "ancestral", {}, lambda n: n - 1),
-    ("pc (rd + langevin)", "pc", {"step_rule": "kernel"}, lambda n: (n - 1) // 2 or None),
+    ("pc (rd + ald)", "pc", {}, lambda n: (n - 1) // 2 or None),
     ("torchsde srk", "torchsde", {}, lambda n: (n - 1) // 3 or None),
 ]
 

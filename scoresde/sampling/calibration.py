@@ -89,6 +89,9 @@ def calibrate_schedule(score_fn, sde, x_T: torch.Tensor, *, method: str = "unipc
     if method not in DETERMINISTIC:
         raise ValueError(f"method={method!r} cannot be calibrated: use a deterministic fixed-grid "
                          f"sampler, one of {', '.join(DETERMINISTIC)}")
+    if method_options.get("eta", 0) != 0:
+        raise ValueError(f"eta={method_options['eta']!r} is not allowed: calibrate_schedule fits the grid of the "
+                         "deterministic solver (eta=0); the fitted grid can then be used with any eta")
     if "schedule" in method_options:
         raise ValueError("calibrate_schedule chooses the schedule itself: do not pass schedule=")
     check_kwargs(f"sampler {method!r}", METHODS.get(method), method_options,

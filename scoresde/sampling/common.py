@@ -39,4 +39,4 @@ def no_projection(method: str, project) -> None:
     if project is not None:
         raise ValueError(f"method {method!r} cannot apply a per-step projection such as inpainting; "
                          "use a fixed-step method (euler_maruyama, reverse_diffusion, ancestral, pc, "
-                         "annealed_langevin, ddim, dpmpp_2m, dpmpp_3m, unipc)")
+                         "annealed_langevin, ddim, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, dpmpp_3m_sde, unipc, edm)")

@@ -1,5 +1,6 @@
-"""Multistep exponential integrators of the probability-flow ODE in log-SNR time, for every kernel SDE:
-DDIM, DPM-Solver++ 2M / 3M and UniPC are settings of the one method `multistep`.
+"""Multistep exponential integrators of the probability-flow ODE (and of the reverse SDE) in log-SNR
+time, for every kernel SDE: DDIM (with eta), DPM-Solver++ 2M / 3M, their SDE variants and UniPC are
+settings of the one method `multistep`.
 
 In log-SNR time lambda = log(alpha/sigma) the probability-flow ODE has the exact solution from
 t_i to t_{i+1}, h = lambda_{i+1} - lambda_i (DPM-Solver++, Lu et al. 2022b, eq. 9):
@@ -24,6 +25,16 @@ differentiable in the grid, so calibration.py can fit a grid by gradient descent
   next predictor needs anyway, so the corrector costs no NFE. UniPC's B(h) factor approximates these
   integrals; here they are exact. The last step is not corrected: its new evaluation would be at
   t = eps, which `sample` spends on the final Tweedie step.
+
+Stochastic steps (`eta` in [0, 1], predictor only): DDIM's eta (Song et al. 2021a, eq. 16) adds
+noise sigma_{i+1} n z, n = eta sqrt(1 - e^{-2h}), and shrinks the x term to keep the marginal
+variance: x_{i+1} = (sigma_{i+1}/sigma_i) e^{-rho} x_i + alpha_{i+1} int_0^h c e^{-c(h-u)} x0 du +
+sigma_{i+1} n z, with e^{-rho} = sqrt(1 - n^2) and c = 1 + rho/h (`noise_split`). At eta = 1, c = 2
+and n = sqrt(1 - e^{-2h}): the reverse SDE solved exactly in its linear part, which is DDPM's
+ancestral step at order 1 and SDE-DPM-Solver++ 2M / 3M (Lu et al. 2022b, sec. 5) at orders 2, 3
+(`dpmpp_2m_sde`, `dpmpp_3m_sde`; their eta between 0 and 1 follows DDIM's definition, not
+k-diffusion's e^{-eta h}). The kernel's weights are the deterministic ones at (c u_j, c h). Observed
+weak orders (variance on a Gaussian, tests/test_sampling_stochastic.py): 1 (DDIM eta = 1), 2 (2M SDE).
 
 Start-up: the first steps use the orders their history allows (the first is DDIM; with the
 corrector, of order 2). That bounds 3M's asymptotic order by 2 in principle, but x0 barely varies at
@@ -56,7 +67,8 @@ import math
 
 import torch
 
-from .common import grid_scalars, step_pairs, times_like
+from .._checks import check_positive_finite
+from .common import grid_scalars, randn_like, step_pairs, times_like
 from .denoise import tweedie
 from .schedules import time_grid
 
@@ -92,10 +104,20 @@ def quadrature_weights(nodes: list, h) -> torch.Tensor:
     return torch.linalg.solve(vandermonde, scaled_moments(h, len(nodes)))
 
 
+def noise_split(h: float, eta: float) -> tuple[float, float]:
+    """(c, n) of a step of log-SNR length h with DDIM's eta (Song et al. 2021a, eq. 16): the injected
+    noise is sigma_{i+1} n z with n = eta sqrt(1 - e^{-2h}), and the data prediction enters through
+    the kernel c e^{-c(h-u)} of rate c = 1 + rho/h, e^{-rho} = sqrt(1 - n^2) (c = 1 at eta = 0, the
+    probability-flow ODE; c = 2 at eta = 1, the reverse SDE of Lu et al. 2022b)."""
+    n2 = eta ** 2 * -math.expm1(-2 * h)
+    return 1 - 0.5 * math.log1p(-n2) / h, math.sqrt(n2)
+
+
 def multistep(score_fn, sde, x, *, order: int, corrector: bool, steps: int, eps, generator, progress,
-              project, schedule="log_snr", rho=7.0, lower_order_final=None, name="multistep"):
+              project, schedule="log_snr", rho=7.0, lower_order_final=None, eta=0.0, name="multistep"):
     """Predictor of order `order` (1 to MAX_ORDER), with the corrector raising it by one when
-    `corrector`, on `time_grid(sde, steps, eps, schedule)`; NFE = steps. See the module docstring."""
+    `corrector`, on `time_grid(sde, steps, eps, schedule)`; NFE = steps. eta in [0, 1] (predictor
+    only): the stochastic steps of the module docstring. See the module docstring."""
     if not hasattr(sde, "log_snr"):
         raise ValueError(f"{name} needs a kernel SDE with alpha, sigma and log_snr; {type(sde).__name__} has none")
     ts = time_grid(sde, steps, eps, schedule, **({"rho": rho} if schedule == "karras" else {}))
@@ -108,8 +130,15 @@ def multistep(score_fn, sde, x, *, order: int, corrector: bool, steps: int, eps,
         return tweedie(x, score_fn(x, times_like(ts[i], x)), alp[i], sig[i])
 
     def step(x, i, nodes):
-        w = quadrature_weights([lj - lam[i] for lj, _ in nodes], lam[i + 1] - lam[i])
-        out = (sig[i + 1] / sig[i]) * x
+        h = lam[i + 1] - lam[i]
+        if eta == 0:
+            w = quadrature_weights([lj - lam[i] for lj, _ in nodes], h)
+            out = (sig[i + 1] / sig[i]) * x
+        else:  # the rate-c kernel's weights are the rate-1 weights at (c u, c h)
+            c, n = noise_split(float(h), eta)
+            w = quadrature_weights([c * (lj - lam[i]) for lj, _ in nodes], c * h)
+            out = (sig[i + 1] / sig[i] * math.exp(-(c - 1) * h)) * x
+            out.add_(randn_like(x, generator), alpha=sig[i + 1] * n)
         for wj, (_, d) in zip(w, nodes):  # fused multiply-adds: no temporary the size of x per node
             out.addcmul_(d, alp[i + 1] * wj)
         return out
@@ -149,20 +178,26 @@ def unipc(score_fn, sde, x, *, steps=None, eps, generator, progress, project, or
                      lower_order_final=lower_order_final, name=f"unipc order {order}")
 
 
-def _predictor_only(name: str, order: int, default_steps: int, reference: str):
+def _predictor_only(name: str, order: int, default_steps: int, reference: str, default_eta: float = 0.0):
     def method(score_fn, sde, x, *, steps=None, eps, generator, progress, project,
-               schedule="log_snr", rho=7.0, lower_order_final=False):
+               schedule="log_snr", rho=7.0, lower_order_final=False, eta=default_eta):
+        eta = check_positive_finite("eta", eta, allow_zero=True)
+        if eta > 1:
+            raise ValueError(f"eta={eta!r} is not allowed: it must lie in [0, 1] (0 deterministic, 1 the reverse SDE)")
         return multistep(score_fn, sde, x, order=order, corrector=False, steps=steps or default_steps,
                          eps=eps, generator=generator, progress=progress, project=project,
-                         schedule=schedule, rho=rho, lower_order_final=lower_order_final, name=name)
+                         schedule=schedule, rho=rho, lower_order_final=lower_order_final, eta=eta, name=name)
 
     method.__name__ = name
     method.__doc__ = (f"{reference}: the order-{order} predictor of `multistep` without corrector "
                       f"(default {default_steps} steps, schedule 'log_snr', 'uniform_t', 'karras' with rho, "
-                      "or an explicit grid; lower_order_final). See the module docstring.")
+                      f"or an explicit grid; lower_order_final; eta in [0, 1], default {default_eta:g}). "
+                      "See the module docstring.")
     return method
 
 
-ddim = _predictor_only("ddim", 1, 50, "DDIM (Song et al. 2021a)")
+ddim = _predictor_only("ddim", 1, 50, "DDIM (Song et al. 2021a; eta = 1 is DDPM's ancestral sampling)")
 dpmpp_2m = _predictor_only("dpmpp_2m", 2, 20, "DPM-Solver++ 2M (Lu et al. 2022b)")
 dpmpp_3m = _predictor_only("dpmpp_3m", 3, 20, "DPM-Solver++ 3M (Lu et al. 2022b)")
+dpmpp_2m_sde = _predictor_only("dpmpp_2m_sde", 2, 50, "SDE-DPM-Solver++ 2M (Lu et al. 2022b)", 1.0)
+dpmpp_3m_sde = _predictor_only("dpmpp_3m_sde", 3, 50, "SDE-DPM-Solver++ 3M (Lu et al. 2022b)", 1.0)

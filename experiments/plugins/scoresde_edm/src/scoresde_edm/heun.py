@@ -9,6 +9,8 @@ For any SDE (not only EDM's), with the flow's velocity v(x, t) = f(x, t) - g(t)^
 Two score evaluations per step. EDM skips the corrector on its last step because it ends at
 sigma = 0; here the grid ends at eps > 0, so every step is corrected. The default grid is Karras'
 rho = 7 schedule (scoresde's "karras" schedule, mapped to t through the SDE's log-SNR).
+scoresde's own `edm` sampler (Algorithm 2, with churn, in EDM's variables x / alpha and
+sigma / alpha) is the one to use; this one shows how a sampler plugin is written.
 """
 
 from __future__ import annotations
