@@ -50,12 +50,20 @@ from .run import build_dataset
 from .sampling import METHODS, ClassifierFreeGuidance, calibrate_schedule, list_samplers, sample
 
 
+# the reverse SDE: on trained models it beat the probability-flow solvers at every NFE measured
+# (docs/benchmarks.md, "Reverse SDE or probability flow on a trained model")
+DEFAULT_METHOD, DEFAULT_STEPS = "euler_maruyama", 500
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m scoresde.sample", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, metavar="RUN",
                    help="run directory, ckpt_*.pt file, or a directory written by scoresde.save_pretrained")
-    p.add_argument("--method", default="dpmpp_2m", help=f"sampler (default dpmpp_2m): {', '.join(list_samplers())}")
-    p.add_argument("--steps", type=int, default=None, help="solver steps (default: the method's own)")
+    p.add_argument("--method", default=None,
+                   help="sampler (default: the run config's [sample] method and steps, else "
+                        f"{DEFAULT_METHOD} with {DEFAULT_STEPS} steps): {', '.join(list_samplers())}")
+    p.add_argument("--steps", type=int, default=None,
+                   help="solver steps (default: the run config's with its method, else the method's own)")
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
                    help="number of samples (default 64); under torchrun spell it --num-samples, as torchrun "
                         "reads --n as an abbreviation of its own options")
@@ -155,8 +163,13 @@ def _sample_share(args: argparse.Namespace, device: torch.device, world: distrib
             raise ValueError(f"--options is not valid JSON ({e}): {args.options!r}") from None
         if not isinstance(options, dict):
             raise ValueError(f"--options must be a JSON object of method options, got {args.options!r}")
-        METHODS.get(args.method)  # an unknown name fails here, before the checkpoint is loaded
+        if args.method is not None:
+            METHODS.get(args.method)  # an unknown name fails here, before the checkpoint is loaded
         run = load_saved(args.checkpoint, not args.no_ema, device)
+        if args.method is None:
+            args.method, steps = ((run.config.sample.method, run.config.sample.steps) if run.config is not None
+                                  else (DEFAULT_METHOD, DEFAULT_STEPS))
+            args.steps = steps if args.steps is None else args.steps
         model, spec = run.model, run.data
         check_batch_values("--n", args.n, spec.event_shape)
         if args.cls is not None:
