@@ -1,19 +1,29 @@
 """Atomic, checksummed checkpoints: `ckpt_<step>.pt` plus a `sha256sum`-format sidecar.
 
-A checkpoint is a plain `torch.save` file (loadable with `torch.load(..., weights_only=True)`).
-It is written to a temporary file in the same directory, fsynced, and renamed into place
-(`os.replace`, atomic on POSIX); its SHA-256 is then written the same way to `ckpt_<step>.pt.sha256`
-(`sha256sum -c` verifies it). A checkpoint without its sidecar is an interrupted write and is
-ignored; one whose bytes do not match is refused. Only the newest `keep_last` are kept.
+A checkpoint is a plain `torch.save` file (loadable with `torch.load(..., weights_only=True)`),
+created with the same permissions as any other output (0666 less the umask). A write is journaled:
+a marker `.ckpt_<step>.pt.writing` is made durable first, then the bytes go to a temporary file
+`.ckpt_<step>.pt.<pid>.<random>.tmp` that is fsynced and renamed into place (`os.replace`, atomic
+on POSIX), then the SHA-256 goes beside it the same way (`ckpt_<step>.pt.sha256`, `sha256sum -c`
+verifies it), and only then is the marker removed. Pruning to `keep_last` removes a checkpoint
+before its sidecar, so an interrupted prune leaves a sidecar without bytes, never bytes without a
+sidecar.
 
 Guarantees a run relies on after a crash (SIGKILL, power loss) at any moment:
 * a complete checkpoint (file + sidecar) is never half-written: the bytes are renamed into place
   before the checksum that vouches for them exists;
-* loading a *directory* takes the newest checkpoint whose bytes verify; a newer one that is
-  corrupted or truncated is skipped with a `CheckpointWarning` naming it;
-* `remove_incomplete` deletes what an interrupted write leaves behind (temporary files and
-  checkpoints without a sidecar); `set_aside_newer` moves checkpoints of steps a resumed run
-  redoes out of the way, so that they are neither pruned in place of new ones nor resumed from.
+* `recover` (called by the run that owns the directory, under its lock) removes only what is
+  provably an interrupted write of that run: the temporary files and the checkpoint a marker names.
+  A checkpoint without a sidecar and without a marker (a run copied without its `.sha256` files) is
+  loaded to verify it and re-summed, or, if it does not load, moved to `damaged/`, each with a
+  `CheckpointWarning` naming it; it is never deleted;
+* `load_run_checkpoint` is the one way a run's checkpoint is chosen (train --resume, sample,
+  evaluate): for a directory, the newest checkpoint whose bytes verify and whose content is a
+  training checkpoint with finite weights; every newer one that is truncated, corrupted,
+  unreadable (permissions), mid-write, without a config or model, or holding NaN weights is skipped
+  with a `CheckpointWarning` naming it and why;
+* `set_aside_newer` moves checkpoints of steps a resumed run redoes out of the way (superseded/), so
+  that they are neither pruned in place of new ones nor resumed from.
 
 `config_differences` and `state_differences` say, in config terms, why a checkpoint does not fit
 the model a config builds (e.g. "model.ch: checkpoint 32, config 64").
@@ -21,17 +31,21 @@ the model a config builds (e.g. "model.ch: checkpoint 32, config 64").
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import re
-import tempfile
+import secrets
 import warnings
 from pathlib import Path
 
 import torch
 
 _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
+_MARKER = re.compile(r"^\.(ckpt_\d+\.pt)\.writing$")
+_TEMP = re.compile(r"^\.(ckpt_\d+\.pt)(?:\.sha256)?\.\d+\.[0-9a-f]+\.tmp$")
+RUN_FORMAT = "scoresde-train-1"
 
 
 class CheckpointError(ValueError):
@@ -39,38 +53,51 @@ class CheckpointError(ValueError):
 
 
 class CheckpointWarning(UserWarning):
-    """A corrupted checkpoint was skipped in favour of an older one."""
+    """A checkpoint was skipped, set aside or re-summed; the message names it and says why."""
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(f".{path.name}.writing")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # makes a rename or a new name in the directory durable
+    finally:
+        os.close(fd)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write data to path through a fsynced temporary file and a rename; mode 0666 less the umask."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(path.parent)
+
+
+def _checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every `ckpt_<step>.pt` file in directory, with or without a sidecar, by step."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), directory / m.group(0)) for m in map(_NAME.match, os.listdir(directory)) if m]
+    return sorted(p for p in found if p[1].is_file())
 
 
 def list_checkpoints(directory) -> list[tuple[int, Path]]:
     """(step, path) of the complete checkpoints (with a checksum sidecar) in directory, by step."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = []
-    for p in directory.iterdir():
-        m = _NAME.match(p.name)
-        if m and p.with_name(p.name + ".sha256").is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
+    return [(s, p) for s, p in _checkpoints(Path(directory)) if _sidecar(p).is_file()]
 
 
 def latest_checkpoint(directory) -> Path | None:
@@ -80,7 +107,11 @@ def latest_checkpoint(directory) -> Path | None:
 
 
 def save_checkpoint(state: dict, directory, step: int, keep_last: int | None = None) -> Path:
-    """Write state as `directory/ckpt_<step>.pt` atomically with its checksum; prune to keep_last."""
+    """Write state as `directory/ckpt_<step>.pt` atomically with its checksum; prune to keep_last.
+
+    If the write fails (a full disk, a signal) nothing of it stays and the exception propagates;
+    the older checkpoints are untouched.
+    """
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"keep_last={keep_last} is not allowed: it must be >= 1 (or None to keep all)")
     directory = Path(directory)
@@ -89,31 +120,71 @@ def save_checkpoint(state: dict, directory, step: int, keep_last: int | None = N
     torch.save(state, buf)
     data = buf.getvalue()
     path = directory / f"ckpt_{step:08d}.pt"
-    sidecar = path.with_name(path.name + ".sha256")
-    sidecar.unlink(missing_ok=True)  # never leave an old checksum beside new bytes
-    _atomic_write(path, data)
-    _atomic_write(sidecar, f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
+    sidecar, marker = _sidecar(path), _marker(path)
+    os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o666))
+    _fsync_dir(directory)  # the marker exists before any byte of the checkpoint does
+    try:
+        sidecar.unlink(missing_ok=True)  # never leave an old checksum beside new bytes
+        _atomic_write(path, data)
+        _atomic_write(sidecar, f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
+    except BaseException:
+        with contextlib.suppress(OSError):  # else `recover` finds the marker and finishes this
+            if not sidecar.is_file():
+                path.unlink(missing_ok=True)
+            marker.unlink()
+        raise
+    marker.unlink()
     if keep_last is not None:
         for _, old in list_checkpoints(directory)[:-keep_last]:
-            old.with_name(old.name + ".sha256").unlink(missing_ok=True)
-            old.unlink(missing_ok=True)
+            old.unlink(missing_ok=True)  # bytes first: an interrupted prune leaves only a sidecar
+            _sidecar(old).unlink(missing_ok=True)
     return path
 
 
-def remove_incomplete(directory) -> list[Path]:
-    """Delete the leftovers of interrupted writes in directory: temporary `.ckpt_*.tmp` files and
-    `ckpt_*.pt` files without a checksum sidecar. Returns what was removed. Call it only while no
-    other process writes checkpoints there (in a distributed run: rank 0, before training)."""
+def recover(directory) -> list[Path]:
+    """Finish what interrupted checkpoint writes and prunes left in directory; returns what it removed.
+
+    Removed: a checkpoint a write marker names that has no sidecar (its write was cut short), the
+    temporary files of marked writes, the markers, and sidecars whose checkpoint is gone (an
+    interrupted prune). A checkpoint with no sidecar and no marker is not this module's leftover: it
+    is loaded (weights_only) and, if that works, re-summed; otherwise moved to `damaged/`; either
+    way with a CheckpointWarning naming it. Call it only from the process that owns the directory
+    (the training run holding its lock), before it writes.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return []
     removed = []
-    for p in directory.iterdir():
-        tmp = p.name.startswith(".ckpt_") and p.name.endswith(".tmp")
-        orphan = _NAME.match(p.name) and not p.with_name(p.name + ".sha256").is_file()
-        if p.is_file() and (tmp or orphan):
+    names = os.listdir(directory)
+    for marker in (directory / n for n in names if _MARKER.match(n)):
+        ckpt = directory / _MARKER.match(marker.name).group(1)
+        leftovers = [directory / n for n in names if (m := _TEMP.match(n)) and m.group(1) == ckpt.name]
+        if ckpt.is_file() and not _sidecar(ckpt).is_file():
+            leftovers.append(ckpt)
+        for p in leftovers:
             p.unlink(missing_ok=True)
             removed.append(p)
+        marker.unlink(missing_ok=True)
+    for n in names:
+        if n.endswith(".pt.sha256") and _NAME.match(n[:-7]) and not (directory / n[:-7]).exists():
+            (directory / n).unlink(missing_ok=True)
+            removed.append(directory / n)
+    for step, path in _checkpoints(directory):
+        if _sidecar(path).is_file():
+            continue
+        try:
+            data = _read(path)
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - whatever torch raises, the file is not a checkpoint
+            aside = directory / "damaged"
+            aside.mkdir(exist_ok=True)
+            os.replace(path, aside / path.name)
+            warnings.warn(f"{path} has no checksum file and does not load ({_first_line(e)}); moved it "
+                          f"to {aside / path.name}", CheckpointWarning, stacklevel=2)
+            continue
+        _atomic_write(_sidecar(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
+        warnings.warn(f"{path} had no checksum file (copied without its .sha256?); it loads, so its SHA-256 "
+                      f"was written beside it", CheckpointWarning, stacklevel=2)
     return removed
 
 
@@ -128,70 +199,130 @@ def set_aside_newer(directory, step: int) -> list[Path]:
     """
     directory = Path(directory)
     moved = []
-    for s, p in list_checkpoints(directory):
+    for s, p in _checkpoints(directory):
         if s > step:
             aside = directory / "superseded"
             aside.mkdir(exist_ok=True)
-            for f in (p, p.with_name(p.name + ".sha256")):
-                os.replace(f, aside / f.name)
+            for f in (p, _sidecar(p)):
+                if f.is_file():
+                    os.replace(f, aside / f.name)
             moved.append(aside / p.name)
     return moved
 
 
+# -- reading ----------------------------------------------------------------------------------------
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:  # permissions, a directory in its place, removed meanwhile by a prune
+        raise CheckpointError(f"{path} cannot be read: {e.strerror or e}") from None
+
+
 def _load_verified(path: Path, map_location) -> dict:
-    if not path.is_file():
+    """The state in path after checking its bytes against the sidecar; without a sidecar (and no
+    write in progress) the file is loaded unverified, with a CheckpointWarning."""
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    sidecar = path.with_name(path.name + ".sha256")
-    if not sidecar.is_file():
-        raise CheckpointError(f"{path} has no checksum file {sidecar.name}: the write was interrupted")
-    recorded = sidecar.read_text().split()
-    if not recorded or not re.fullmatch(r"[0-9a-f]{64}", recorded[0]):
-        raise CheckpointError(f"{path}: its checksum file {sidecar.name} is damaged (no SHA-256 in it)")
-    expected = recorded[0]
-    data = path.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected:
-        raise CheckpointError(f"{path} is corrupted or truncated ({len(data)} bytes): SHA-256 {actual[:12]}... "
-                              f"does not match the recorded {expected[:12]}...")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    sidecar = _sidecar(path)
+    if sidecar.is_file():
+        recorded = _read(sidecar).decode("ascii", "replace").split()
+        if not recorded or not re.fullmatch(r"[0-9a-f]{64}", recorded[0]):
+            raise CheckpointError(f"{path}: its checksum file {sidecar.name} is damaged (no SHA-256 in it)")
+        data = _read(path)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != recorded[0]:
+            raise CheckpointError(f"{path} is corrupted or truncated ({len(data)} bytes): SHA-256 {actual[:12]}... "
+                                  f"does not match the recorded {recorded[0][:12]}...")
+    elif _marker(path).exists():
+        raise CheckpointError(f"{path} has no checksum file {sidecar.name} yet: it is being written, or its "
+                              "write was interrupted")
+    else:
+        data = _read(path)
+        warnings.warn(f"{path} has no checksum file {sidecar.name}; loading it unverified (a resumed run "
+                      "re-sums it)", CheckpointWarning, stacklevel=3)
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as e:  # verified bytes that torch cannot read: written by something else
-        raise CheckpointError(f"{path} is not a readable checkpoint: {type(e).__name__}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - bytes torch cannot read: truncated, or written by something else
+        raise CheckpointError(f"{path} is not a readable checkpoint: {_first_line(e)}") from None
 
 
-def load_latest(directory, map_location="cpu") -> tuple[Path, dict]:
-    """(path, state) of the newest complete checkpoint in directory whose bytes verify.
+def _first_line(e: Exception) -> str:
+    """`Type: first line of the message` (torch's unpickling errors run to a page of advice)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
-    Newer checkpoints that are corrupted or truncated are skipped, each with a CheckpointWarning
-    that names the bad file and the one used instead; CheckpointError if none verifies.
+
+def check_run_state(state) -> None:
+    """CheckpointError unless state is a scoresde training checkpoint (its format, a step, a config,
+    model and EMA weights) whose floating-point weights are all finite."""
+    if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
+        got = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"not a scoresde training checkpoint (format {got!r}, expected {RUN_FORMAT!r})")
+    for key, kind in (("step", int), ("config", dict), ("model", dict), ("ema", dict)):
+        if not isinstance(state.get(key), kind):
+            raise CheckpointError(f"the training checkpoint has no {key!r} ({kind.__name__}) in it")
+    if not isinstance(state["ema"].get("module"), dict):
+        raise CheckpointError("the training checkpoint's 'ema' has no 'module' weights in it")
+    for where, weights in (("model", state["model"]), ("ema", state["ema"]["module"])):
+        bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point()
+               and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"its {where} weights are not finite (NaN or inf) in {', '.join(bad[:3])}"
+                                  + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
+
+
+def _load_checked(path: Path, map_location, check) -> dict:
+    state = _load_verified(path, map_location)
+    if check is not None:
+        try:
+            check(state)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+    return state
+
+
+def load_latest(directory, map_location="cpu", check=None) -> tuple[Path, dict]:
+    """(path, state) of the newest checkpoint in directory that verifies and passes `check(state)`.
+
+    Every newer one that does not (truncated, corrupted, unreadable, mid-write, or refused by
+    check) is skipped with a CheckpointWarning naming it, why, and the one tried next;
+    CheckpointError listing each if none is left.
     """
     directory = Path(directory)
-    found = [p for _, p in reversed(list_checkpoints(directory))]
+    found = [p for _, p in reversed(_checkpoints(directory))]
     if not found:
-        raise CheckpointError(f"no complete checkpoint (ckpt_*.pt with its .sha256) in {directory}")
+        raise CheckpointError(f"no checkpoint (ckpt_*.pt) in {directory}")
     bad: list[str] = []
     for i, path in enumerate(found):
         try:
-            state = _load_verified(path, map_location)
+            return path, _load_checked(path, map_location, check)
         except CheckpointError as e:
             bad.append(str(e))
             later = f"trying the previous one, {found[i + 1].name}" if i + 1 < len(found) else "no older checkpoint"
             warnings.warn(f"skipping checkpoint {path}: {e}; {later}", CheckpointWarning, stacklevel=2)
-            continue
-        return path, state
     raise CheckpointError(f"no checkpoint in {directory} could be loaded: " + "; ".join(bad))
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load a checkpoint after verifying its SHA-256.
+def load_checkpoint(path, map_location="cpu", check=None) -> dict:
+    """Load a checkpoint after verifying its SHA-256 (and `check(state)`, when given).
 
-    A directory means its newest checkpoint that verifies (`load_latest`: a corrupted newer one is
+    A directory means its newest checkpoint that verifies (`load_latest`: a damaged newer one is
     skipped with a warning); a file must verify itself, else CheckpointError.
     """
+    return load_run_checkpoint(path, map_location, check)[1]
+
+
+def load_run_checkpoint(path, map_location="cpu", check=check_run_state) -> tuple[Path, dict]:
+    """(path, state) of the training checkpoint that `path` names: a `ckpt_*.pt` file, which must
+    verify, or a run directory, whose newest good checkpoint is taken (`load_latest`, falling back
+    past damaged ones with a warning each). The one selection used by train --resume, sample,
+    evaluate and loading."""
     path = Path(path)
     if path.is_dir():
-        return load_latest(path, map_location)[1]
-    return _load_verified(path, map_location)
+        return load_latest(path, map_location, check)
+    return path, _load_checked(path, map_location, check)
 
 
 # -- does a checkpoint fit a config? ------------------------------------------------------------------

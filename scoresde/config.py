@@ -16,6 +16,7 @@ import difflib
 import json
 import math
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,13 @@ else:  # pragma: no cover - python 3.10
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names the field and what is allowed."""
+
+
+# Sizes that become tensor lengths (batch size, sample count, solver steps) are bounded so that a
+# typo such as 10**12 is an error naming the bound, not a failed allocation; the CLIs use the same.
+MAX_COUNT = 10 ** 7
+MAX_SEED = 2 ** 63 - 1     # torch generators take seeds below 2**64; runs derive seed + 1, seed + 5
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass
@@ -303,6 +311,16 @@ def _positive(path: str, v, allow_zero: bool = False) -> None:
         raise ConfigError(f"{path}={v!r} is not allowed: it must be {'>= 0' if allow_zero else '> 0'}")
 
 
+def _count(path: str, v) -> None:
+    if not 1 <= v <= MAX_COUNT:
+        raise ConfigError(f"{path}={v!r} is not allowed: it must be in 1..{MAX_COUNT}")
+
+
+def _seed(path: str, v) -> None:
+    if not 0 <= v <= MAX_SEED:
+        raise ConfigError(f"{path}={v!r} is not allowed: a seed must be in 0..2**63-1 ({MAX_SEED})")
+
+
 def _in_range(path: str, v, lo, hi, closed_hi: bool = False) -> None:
     if not (lo <= v < hi or (closed_hi and v == hi)):
         raise ConfigError(f"{path}={v!r} is not allowed: it must be in [{lo}, {hi}{']' if closed_hi else ')'}")
@@ -351,6 +369,10 @@ def validate(cfg: Config) -> Config:
     if not isinstance(cfg, Config):
         raise TypeError(f"validate needs a Config (from load_config), got {type(cfg).__name__}")
     t, s = cfg.train, cfg.sample
+    if not _PLAIN_NAME.match(cfg.name):
+        raise ConfigError(f"name={cfg.name!r} is not allowed: the run name becomes a directory in out_dir, so it "
+                          "must be a plain name of letters, digits, '.', '_' and '-' (not starting with '.' or "
+                          "'-', no '/')")
     _known("data.name", cfg.data.name, list_datasets())
     if cfg.data.channels not in (0, 1, 3):
         raise ConfigError(f"data.channels={cfg.data.channels} is not allowed: use 0 (as stored), 1 or 3")
@@ -359,12 +381,17 @@ def validate(cfg: Config) -> Config:
     try:  # the constructor checks its own ranges (cheap for every built-in SDE; the learned one
         # draws its initial weights, so the global RNG is restored afterwards)
         with torch.random.fork_rng(devices=[]):
-            sde_T = SDES.get(cfg.sde.name)(**cfg.sde.params).T
+            sde = SDES.get(cfg.sde.name)(**cfg.sde.params)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"[sde] name={cfg.sde.name!r}: {err}") from None
-    for name in ("steps", "batch_size", "log_every", "ckpt_every", "keep_last", "max_bad_steps"):
+    for name in ("steps", "log_every", "ckpt_every", "keep_last", "max_bad_steps"):
         _positive(f"train.{name}", getattr(t, name))
+    _count("train.batch_size", t.batch_size)
+    _seed("train.seed", t.seed)
     _known("train.loss", t.loss, LOSSES)
+    if t.loss == "vdm" and not hasattr(sde, "gamma_and_derivative"):
+        raise ConfigError(f"train.loss='vdm' needs an SDE with a learned schedule (sde.name='learned'), "
+                          f"got sde.name={cfg.sde.name!r}")
     _known("train.weighting", t.weighting, WEIGHTINGS)
     if t.t_sampling != "auto":
         _known("train.t_sampling", t.t_sampling, T_SAMPLINGS)
@@ -386,9 +413,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.p_uncond={t.p_uncond} needs a class-conditional model (model.class_cond=true)")
     _known("sample.method", s.method, list_samplers())
     for name in ("steps", "n"):
-        _positive(f"sample.{name}", getattr(s, name))
-    _in_range("sample.eps", s.eps, MIN_EPS, sde_T)
+        _count(f"sample.{name}", getattr(s, name))
+    _seed("sample.seed", s.seed)
+    _in_range("sample.eps", s.eps, MIN_EPS, sde.T)
     _positive("sample.eps", s.eps)
-    _in_range("train.eps", t.eps, 0.0, sde_T)
+    _in_range("train.eps", t.eps, 0.0, sde.T)
     _positive("eval.bpd_n", cfg.eval.bpd_n, allow_zero=True)
+    if cfg.eval.bpd_n > MAX_COUNT:
+        raise ConfigError(f"eval.bpd_n={cfg.eval.bpd_n!r} is not allowed: it must be in 0..{MAX_COUNT}")
+    _seed("eval.heldout_seed", cfg.eval.heldout_seed)
     return cfg

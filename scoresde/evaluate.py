@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError
-from .config import ConfigError
+from .config import MAX_COUNT, MAX_SEED, ConfigError
 from .likelihood import ADAPTIVE_METHODS, FIXED_METHODS, TRACES, bits_per_dim, log_likelihood
 from .interop.export import load_saved
 from .run import build_dataset
@@ -55,13 +55,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Reject values that need no checkpoint to be judged, naming the flag and what is allowed."""
+    for flag, value, lo in (("--n", args.n, 0), ("--batch-size", args.batch_size, 1), ("--draws", args.draws, 1),
+                            ("--n-probes", args.n_probes, 1), ("--steps", args.steps, 1)):
+        if value is not None and not lo <= value <= MAX_COUNT:
+            raise ValueError(f"{flag} {value} is not allowed: it must be in {lo}..{MAX_COUNT}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed {args.seed} is not allowed: it must be in 0..2**63-1")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {args.device!r} is not a device: use 'cpu' or 'cuda[:N]' ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {args.device!r} is not allowed: use 'cpu' or 'cuda[:N]'")
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     """Per-sample values, their mean and 95% CI half-width, and the mean NFE per solve."""
+    check_args(args)
     run = load_saved(args.checkpoint, not args.no_ema, args.device)
     cfg, model = run.config, run.model
     if cfg is None:
         raise ValueError(f"{args.checkpoint}: this export records no data set (saved from a bare model), so there is "
                          "no held-out data to evaluate on; export the run directory instead")
+    if run.data.levels is None:  # continuous (toy) data: fresh held-out draws, no splits, no dequantization
+        if args.split != "test":
+            raise ValueError(f"--split {args.split!r}: {cfg.data.name!r} is drawn afresh, it has no splits; the "
+                             "NLL uses held-out draws (leave out --split)")
+        if args.draws != 1:
+            raise ValueError(f"--draws {args.draws}: {cfg.data.name!r} is continuous data, there is nothing to "
+                             "dequantize (leave out --draws)")
     ds = build_dataset(cfg, args.split)
     if cfg.train.threads > 0:  # as in training: more threads than cores thrash on shared machines
         torch.set_num_threads(cfg.train.threads)
@@ -104,12 +130,20 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> dict:
+    """The CLI. Exit status: 0 done; 1 the solver failed (non-finite values); 2 a bad argument or
+    checkpoint; 130 interrupted (Ctrl-C), with one line and no traceback."""
     args = parse_args(argv)
     try:
         out = evaluate(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except (CheckpointError, ConfigError, ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except FloatingPointError as err:  # the solver met non-finite values or a vanishing step
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     extra = f", K={out['draws']} dequantization draws" if out["draws"] else ""
     print(f"{out['data']} {out['split']}: {out['mean']:.4f} +- {out['ci95']:.4f} {out['unit']} "
           f"(95% CI, n={out['n']}{extra}, trace={out['trace']}, NFE {out['nfe_per_solve']:.0f} per solve)")

@@ -127,7 +127,14 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, eps: float =
 
     delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     with torch.no_grad():
-        xs, deltas = odeint(rhs, (x, delta0), ts, rtol=rtol, atol=atol, method=method, options=options)
+        try:
+            xs, deltas = odeint(rhs, (x, delta0), ts, rtol=rtol, atol=atol, method=method, options=options)
+        except AssertionError as e:  # torchdiffeq's "underflow in dt": the step size shrank to 0
+            if "underflow" not in str(e):
+                raise
+            raise FloatingPointError(f"the {method} solver's step size underflowed to 0: the "
+                                     f"probability-flow drift is too large or stiff to integrate at rtol={rtol}, "
+                                     f"atol={atol}; check score_fn's scale (and eps={eps})") from None
     z, delta = xs[-1], deltas[-1]
     prior_logp = sde.prior_logp(z)
     log_p = prior_logp + delta

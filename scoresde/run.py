@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, state_differences
+from .checkpoint import CheckpointError, load_run_checkpoint, state_differences
 from .config import Config, ConfigError, config_from_dict, validate
 from .data import load_dataset
 
@@ -150,15 +150,6 @@ class Run:
     weights: str = "ema"
 
 
-def checkpoint_path(path) -> Path:
-    """A checkpoint file, or the newest complete one of a run directory."""
-    path = Path(path)
-    ckpt = latest_checkpoint(path) if path.is_dir() else path
-    if ckpt is None:
-        raise CheckpointError(f"no complete checkpoint (ckpt_*.pt with its .sha256) in {path}")
-    return ckpt
-
-
 def run_data_spec(state: dict, cfg: Config) -> DataSpec:
     """The data spec a checkpoint records; for a checkpoint written before it was recorded, the spec
     of the config's training data (which then must be readable)."""
@@ -172,10 +163,10 @@ def run_data_spec(state: dict, cfg: Config) -> DataSpec:
 
 
 def load_run(path, use_ema: bool = True, device="cpu") -> Run:
-    """The run of a checkpoint or run directory (its newest complete checkpoint), the model holding
-    the saved EMA (or raw) weights; builds no data set, optimizer or Trainer."""
-    ckpt = checkpoint_path(path)
-    state = load_checkpoint(ckpt)
+    """The run of a checkpoint or run directory (its newest good checkpoint, falling back past
+    damaged ones with a warning: `checkpoint.load_run_checkpoint`), the model holding the saved EMA
+    (or raw) weights; builds no data set, optimizer or Trainer."""
+    ckpt, state = load_run_checkpoint(path)
     cfg = validate(config_from_dict(state["config"]))
     spec = run_data_spec(state, cfg)
     model = build_score_model(cfg, spec, build_sde(cfg))

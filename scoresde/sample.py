@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
-from .config import ConfigError
+from .config import MAX_COUNT, MAX_SEED, ConfigError
 from .interop.export import load_saved
 from .run import build_dataset
 from .sampling import METHODS, ClassifierFreeGuidance, calibrate_schedule, list_samplers, sample
@@ -60,13 +60,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """Reject values that need no checkpoint to be judged, naming the flag and what is allowed."""
-    if args.n < 1:
-        raise ValueError(f"--n {args.n} is not allowed: it must be a positive number of samples")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps {args.steps} is not allowed: it must be positive (or left out)")
+    if not 1 <= args.n <= MAX_COUNT:
+        raise ValueError(f"--n {args.n} is not allowed: it must be a number of samples in 1..{MAX_COUNT}")
+    if args.steps is not None and not 1 <= args.steps <= MAX_COUNT:
+        raise ValueError(f"--steps {args.steps} is not allowed: it must be in 1..{MAX_COUNT} (or left out)")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed {args.seed} is not allowed: it must be in 0..2**63-1")
     if args.calibrate is not None:
-        if args.calibrate < 1:
-            raise ValueError(f"--calibrate {args.calibrate} is not allowed: it must be a positive number of draws")
+        if not 1 <= args.calibrate <= MAX_COUNT:
+            raise ValueError(f"--calibrate {args.calibrate} is not allowed: it must be a number of draws in "
+                             f"1..{MAX_COUNT}")
         if args.steps is None:
             raise ValueError("--calibrate needs --steps: a grid is fitted for one step count")
         if args.times is not None:
@@ -89,7 +92,17 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> Path:
+    """The CLI. Exit status: 0 done; 1 the output could not be written; 2 a bad argument or
+    checkpoint; 130 interrupted (Ctrl-C), with one line and no traceback."""
     args = parse_args(argv)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _main(args: argparse.Namespace) -> Path:
     try:
         check_args(args)
         try:
@@ -122,26 +135,33 @@ def main(argv=None) -> Path:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() != ".png":  # the figure is a PNG whatever --out says: name it so, and report that
+        out = out.with_name(out.name + ".png")
     x = x.float().cpu()
     title = f"{run.source.name}: {args.method}, {args.steps or 'default'} steps" + \
         (f", class {args.cls}" if args.cls is not None else "") + \
         (f", guidance {args.guidance_scale}" if args.guidance_scale is not None else "")
-    if spec.levels is not None:
-        from .data import quantize
-        from .figures import image_grid
-        image_grid(quantize(x, spec.levels), spec.levels, out, scale=max(1, 64 // spec.event_shape[-1]))
-    elif spec.event_shape == (2,) and run.config is not None:
-        from .figures import scatter_figure
-        scatter_figure(x, heldout_points(run, args.n), out, title=title)
-    else:
-        print(f"note: no figure: {run.source} records no data set to draw held-out points from", file=sys.stderr)
     arrays = {"samples": x.numpy()}
     if y is not None:
         arrays["labels"] = y.numpy()
     if times is not None:
         arrays["times"] = times.numpy()
-    np.savez(out.with_suffix(".npz"), **arrays)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if spec.levels is not None:
+            from .data import quantize
+            from .figures import image_grid
+            image_grid(quantize(x, spec.levels), spec.levels, out, scale=max(1, 64 // spec.event_shape[-1]))
+        elif spec.event_shape == (2,) and run.config is not None:
+            from .figures import scatter_figure
+            scatter_figure(x, heldout_points(run, args.n), out, title=title)
+        else:
+            print(f"note: no figure: {run.source} records no data set to draw held-out points from", file=sys.stderr)
+        np.savez(out.with_suffix(".npz"), **arrays)
+    except OSError as e:  # a read-only or full disk, a file where a folder should be
+        print(f"error: cannot write --out {args.out}: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+              file=sys.stderr)
+        raise SystemExit(1) from None
     print(f"wrote {out} and {out.with_suffix('.npz')} ({args.n} samples, {args.method})")
     return out
 

@@ -19,7 +19,10 @@ batch and the RNG streams are split); checkpoints are the same and resume at any
 Crash safety: checkpoints are atomic and checksummed (`scoresde.checkpoint`); a run killed at any
 moment and resumed loses at most the steps since its last checkpoint and then matches an
 uninterrupted run exactly; `--resume RUN_DIR` skips a damaged newest checkpoint with a warning.
-SIGTERM / SIGINT write a checkpoint and exit with 143 / 130. A step with a non-finite loss or
+The run holds its directory's lock (`scoresde.rundir`) from start to end: a second writer stops at
+once naming the holder, and a fresh run refuses a directory holding another run's files.
+SIGTERM / SIGINT write a checkpoint and exit with 143 / 130; during the end-of-run evaluation
+(the checkpoint is already written) they stop it at once, with the same exit codes. A step with a non-finite loss or
 gradient is skipped (column `skipped` of metrics.csv); train.max_bad_steps consecutive ones stop the
 run with an error naming the step and the last good checkpoint. A checkpoint whose model does not
 fit the config is refused with the differing fields named ("model.ch: checkpoint 32, config 64").
@@ -32,6 +35,7 @@ import contextlib
 import csv
 import inspect
 import json
+import os
 import random
 import signal
 import sys
@@ -45,13 +49,14 @@ import numpy as np
 import torch
 
 from . import distributed
-from .checkpoint import CheckpointError, config_differences, latest_checkpoint, list_checkpoints, load_checkpoint, \
-    remove_incomplete, save_checkpoint, set_aside_newer, state_differences
+from .checkpoint import CheckpointError, config_differences, list_checkpoints, load_run_checkpoint, recover, \
+    save_checkpoint, set_aside_newer, state_differences
 from .config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, load_config, \
     save_config, validate
 from .data import BatchStream
 from .evaluation import evaluate_run
 from .run import DataSpec, build_dataset, build_score_model, build_sde
+from .rundir import RunDirError, RunLock, check_fresh, check_is_dir
 
 
 def select_device(name: str, world: distributed.World | None = None) -> torch.device:
@@ -72,6 +77,10 @@ def select_device(name: str, world: distributed.World | None = None) -> torch.de
 
 class NonFiniteError(FloatingPointError):
     """Training stopped: too many consecutive steps with a non-finite loss or gradient."""
+
+
+class EvaluationError(RuntimeError):
+    """Training finished and is checkpointed, but the end-of-run evaluation failed."""
 
 
 def _global_rng_state() -> dict:
@@ -255,6 +264,10 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != "scoresde-train-1":
             raise CheckpointError(f"not a scoresde training checkpoint (format {state.get('format')!r})")
+        missing = sorted(self.state_dict().keys() - state.keys() - {"rng_ranks", "guard", "data_spec"})
+        if missing:
+            raise CheckpointError(f"the checkpoint (step {state.get('step')}) cannot be resumed: it has no "
+                                  f"{', '.join(missing)} in it")
         self.check_compatible(state)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
@@ -358,6 +371,28 @@ def stop_on_signals(trainer: Trainer):
         print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
               "(send it again to stop at once, without one)", file=sys.stderr)
 
+    with _signal_handler(handler):
+        yield
+
+
+@contextlib.contextmanager
+def exit_on_signals(why: str):
+    """While active, SIGTERM and SIGINT stop the process at once: one line on stderr (the signal's
+    name, then `why`) and SystemExit(128 + signal number). Only from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        print(f"\n{signal.Signals(signum).name}: {why}", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    with _signal_handler(handler):
+        yield
+
+
+@contextlib.contextmanager
+def _signal_handler(handler):
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
@@ -399,6 +434,7 @@ def train_loop(trainer: Trainer, run_dir: Path, progress: bool = True) -> float:
         state = trainer.state_dict()  # a collective in a distributed run
         return save_checkpoint(state, run_dir, trainer.step_count, t.keep_last) if main else None
 
+    saved = None
     try:
         with stop_on_signals(trainer):
             while trainer.step_count < t.steps:
@@ -443,6 +479,12 @@ def train_loop(trainer: Trainer, run_dir: Path, progress: bool = True) -> float:
                         print(f"stopped at step {step} ({signal.Signals(signum).name}); saved {saved}; continue "
                               f"with: python -m scoresde.train --resume {run_dir}", file=sys.stderr)
                     raise SystemExit(128 + signum)
+            if trainer.stop_signal:  # arrived after the last step's check: its checkpoint is written
+                name = signal.Signals(trainer.stop_signal).name
+                if main:
+                    print(f"stopped at step {trainer.step_count}, the last ({name}); saved {saved}; the end-of-run "
+                          "evaluation was skipped", file=sys.stderr)
+                raise SystemExit(128 + trainer.stop_signal)
     finally:
         bar.close()
         if log is not None:
@@ -452,7 +494,8 @@ def train_loop(trainer: Trainer, run_dir: Path, progress: bool = True) -> float:
 
 def run(cfg: Config, run_dir: Path, resume: dict | None = None, progress: bool = True) -> RunResult | None:
     """Train (or continue) the run in run_dir, then evaluate; returns the numbers and the summary.
-    In a distributed run rank 0 evaluates and writes; the other ranks return None after training."""
+    In a distributed run rank 0 evaluates and writes; the other ranks return None after training.
+    The caller holds run_dir's lock (`main` does) and has recovered it (`checkpoint.recover`)."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     trainer = Trainer(cfg)
@@ -460,8 +503,6 @@ def run(cfg: Config, run_dir: Path, resume: dict | None = None, progress: bool =
         trainer.load_state_dict(resume)
     if trainer.world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for p in remove_incomplete(run_dir):
-            print(f"note: removed {p.name}, left by an interrupted checkpoint write", file=sys.stderr)
         for p in set_aside_newer(run_dir, trainer.step_count):
             print(f"note: moved {p.name} to {p.parent}: this run continues from step {trainer.step_count}",
                   file=sys.stderr)
@@ -470,14 +511,20 @@ def run(cfg: Config, run_dir: Path, resume: dict | None = None, progress: bool =
     seconds = train_loop(trainer, run_dir, progress)
     if not trainer.world.main:
         return None
-    metrics, parts = evaluate_run(cfg, trainer.ema.module, trainer.dataset, run_dir, trainer.device)
-    done = trainer.step_count - first
-    head = (f"{cfg.name} [{cfg.data.name}, {cfg.model.name}, {cfg.sde.name}] step {trainer.step_count}: "
-            f"{done} steps in {seconds:.0f} s ({done / max(seconds, 1e-9):.1f} steps/s, {trainer.device.type})")
-    summary = " | ".join([head, *parts, f"{run_dir / 'samples.png'}"])
-    result = {"step": trainer.step_count, "train_seconds": seconds, **metrics, "summary": summary}
-    (run_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    return RunResult(run_dir, trainer.step_count, seconds, metrics, summary)
+    step = trainer.step_count
+    with exit_on_signals(f"stopped the end-of-run evaluation; the checkpoint of step {step} is saved in {run_dir}"):
+        try:
+            metrics, parts = evaluate_run(cfg, trainer.ema.module, trainer.dataset, run_dir, trainer.device)
+        except (ValueError, FloatingPointError) as e:  # e.g. a model trained at train.lr=1e30 overflows
+            raise EvaluationError(f"training reached step {step} and its checkpoint is saved in {run_dir}, but the "
+                                  f"end-of-run evaluation failed: {e}") from None
+        done = step - first
+        head = (f"{cfg.name} [{cfg.data.name}, {cfg.model.name}, {cfg.sde.name}] step {step}: "
+                f"{done} steps in {seconds:.0f} s ({done / max(seconds, 1e-9):.1f} steps/s, {trainer.device.type})")
+        summary = " | ".join([head, *parts, f"{run_dir / 'samples.png'}"])
+        result = {"step": step, "train_seconds": seconds, **metrics, "summary": summary}
+        (run_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    return RunResult(run_dir, step, seconds, metrics, summary)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -486,52 +533,108 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", help="TOML config (default: the embedded toy2d config)")
     p.add_argument("--resume", metavar="RUN_DIR_OR_CKPT",
                    help="continue a run from its latest (or the given) checkpoint, with its saved config")
-    p.add_argument("--run-dir", help="run directory (default: <out_dir>/<name>-<date>-<time>)")
+    p.add_argument("--run-dir", help="run directory (default: <out_dir>/<name>-<date>-<time>; with --resume, the "
+                                     "resumed run's own directory)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key.field=value",
                    help="config overrides, e.g. train.steps=2000 model.hidden=128")
     return p.parse_intermixed_args(argv)  # overrides may come before and after options
 
 
-def prepare(args: argparse.Namespace) -> tuple[Config, Path, dict | None]:
+def run_directory(args: argparse.Namespace, cfg: Config | None = None) -> Path:
+    """--run-dir; else the resumed run's own directory; else <out_dir>/<name>-<date>-<time>."""
+    if args.run_dir:
+        return check_is_dir(args.run_dir)
+    if args.resume:
+        src = Path(args.resume)
+        return src if src.is_dir() else src.parent
+    return check_is_dir(Path(cfg.out_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def prepare(args: argparse.Namespace, run_dir: Path | None = None, cfg: Config | None = None
+            ) -> tuple[Config, Path, dict | None]:
     """Resolve the config, the run directory and the checkpoint to resume from.
 
-    `--resume DIR` takes the newest checkpoint in DIR whose checksum verifies; a corrupted or
-    truncated newer one is skipped with a warning naming it (`checkpoint.load_latest`).
+    Call it holding run_dir's lock (`main` does). A fresh run's directory must hold no run's files.
+    `--resume SRC` into its own directory first recovers it (`checkpoint.recover`), then takes the
+    newest good checkpoint (`checkpoint.load_run_checkpoint`: a damaged newer one is skipped with a
+    warning naming it); `--resume SRC --run-dir B` continues SRC's run in B, which must hold no run.
     """
-    if args.resume:
-        if args.config:
-            raise ConfigError("--resume continues with the run's saved config; give overrides, not --config")
-        state = load_checkpoint(args.resume)
-        cfg = config_from_dict(state["config"])
-        apply_overrides(cfg, args.overrides)
-        validate(cfg)
-        src = Path(args.resume)
-        run_dir = Path(args.run_dir) if args.run_dir else (src if src.is_dir() else src.parent)
-        return cfg, run_dir, state
-    cfg = load_config(args.config, args.overrides)
-    run_dir = Path(args.run_dir) if args.run_dir else \
-        Path(cfg.out_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if latest_checkpoint(run_dir) is not None:
-        raise ConfigError(f"--run-dir {run_dir} already holds checkpoints: continue it with --resume {run_dir} "
-                          "or choose another directory")
-    return cfg, run_dir, None
+    if not args.resume:
+        cfg = cfg or load_config(args.config, args.overrides)
+        run_dir = run_dir or run_directory(args, cfg)
+        check_fresh(run_dir)
+        return cfg, run_dir, None
+    if args.config:
+        raise ConfigError("--resume continues with the run's saved config; give overrides, not --config")
+    src = Path(args.resume)
+    if not src.exists():
+        raise CheckpointError(f"--resume {src}: no such run directory or checkpoint")
+    run_dir = run_dir or run_directory(args)
+    own = run_dir.resolve() == (src if src.is_dir() else src.parent).resolve()
+    if own:
+        for p in recover(run_dir) if _launch_rank() == 0 else []:  # rank 0 alone writes (and holds the lock)
+            print(f"note: removed {p.name}, left by an interrupted checkpoint write of this run", file=sys.stderr)
+    else:
+        try:
+            check_fresh(run_dir)
+        except RunDirError as e:
+            raise RunDirError(f"--resume {src} --run-dir {run_dir}: {e}; a resumed run continues in its own "
+                              "directory or in one that holds no run") from None
+    _, state = load_run_checkpoint(src)
+    cfg = config_from_dict(state["config"])
+    apply_overrides(cfg, args.overrides)
+    validate(cfg)
+    return cfg, run_dir, state
 
 
 def main(argv=None) -> RunResult | None:
-    """The CLI; under torchrun every process runs it (scoresde.distributed) and rank 0 prints the summary."""
+    """The CLI; under torchrun every process runs it (scoresde.distributed) and rank 0 prints the summary.
+
+    Exit status: 0 done; 1 failed while running (non-finite training, disk full, an I/O error);
+    2 a bad argument, config, checkpoint or run directory (nothing was trained); 130 / 143 stopped
+    by SIGINT / SIGTERM.
+    """
     args = parse_args(argv)
+    main_rank = _launch_rank() == 0  # rank 0 alone locks, recovers and writes
     try:
-        cfg, run_dir, state = prepare(args)
-        use_cuda = select_device(cfg.train.device, distributed.World()).type == "cuda"
-        with distributed.process_group(use_cuda) as world:
-            run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's time stamp
-            result = run(cfg, run_dir, state, progress=not args.no_progress and world.main)
-    except (ConfigError, CheckpointError, NonFiniteError) as e:
-        raise SystemExit(f"error: {e}") from None
+        cfg = None if args.resume else load_config(args.config, args.overrides)
+        run_dir = run_directory(args, cfg)
+        lock = RunLock(run_dir, " ".join(["python -m scoresde.train", *sys.argv[1:]])) if main_rank \
+            else contextlib.nullcontext()
+        with lock:
+            cfg, run_dir, state = prepare(args, run_dir, cfg)
+            use_cuda = select_device(cfg.train.device, distributed.World()).type == "cuda"
+            with distributed.process_group(use_cuda) as world:
+                run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's time stamp
+                if state is not None:  # every rank continues from rank 0's choice (a directory's newest)
+                    step = distributed.broadcast_object(int(state["step"]))
+                    if step != int(state["step"]):
+                        state = load_run_checkpoint(Path(args.resume) / f"ckpt_{step:08d}.pt")[1]
+                result = run(cfg, run_dir, state, progress=not args.no_progress and world.main)
+    except (ConfigError, CheckpointError, RunDirError) as e:
+        _fail(f"error: {e}", 2)
+    except (NonFiniteError, EvaluationError) as e:
+        _fail(f"error: {e}", 1)
+    except OSError as e:  # a full disk, a read-only or vanished directory: the last checkpoint is intact
+        what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        _fail(f"error: {what} (checkpoints already written are intact; once this is fixed, --resume continues "
+              "from the last one)", 1)
+    except KeyboardInterrupt:  # Ctrl-C before training started or after it stopped
+        _fail("interrupted", 130)
     if result is not None:
         print(result.summary)
     return result
+
+
+def _launch_rank() -> int:
+    """This process's rank before the process group exists: torchrun's RANK, else 0."""
+    return int(os.environ["RANK"]) if distributed.launched_by_torchrun() else 0
+
+
+def _fail(message: str, status: int) -> None:
+    print(message, file=sys.stderr)
+    raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,22 @@
 """Checkpoints: exact round trip, sha256sum-compatible checksums, corruption and interrupted writes
-detected, keep-last-K pruning, fallback past a damaged newest checkpoint, cleanup of interrupted
-writes, and config/state differences named in the user's terms."""
+detected, keep-last-K pruning, fallback past a damaged newest checkpoint (every damage kind,
+permissions and bad content included), recovery that removes only the journaled leftovers of its
+own writes (a checkpoint copied without its sidecar is re-summed or set aside, never deleted),
+output file modes, and config/state differences named in the user's terms."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
-from scoresde.checkpoint import (CheckpointError, CheckpointWarning, config_differences, latest_checkpoint,
-                                 list_checkpoints, load_checkpoint, load_latest, remove_incomplete,
-                                 save_checkpoint, set_aside_newer, state_differences)
+from scoresde.checkpoint import (CheckpointError, CheckpointWarning, check_run_state, config_differences,
+                                 list_checkpoints, load_checkpoint, load_latest,
+                                 load_run_checkpoint, recover, save_checkpoint, set_aside_newer,
+                                 state_differences)
 
 
 def state(seed=0):
@@ -41,14 +45,26 @@ def test_corruption_is_refused(tmp_path):
         load_checkpoint(path)
 
 
-def test_missing_checksum_means_incomplete(tmp_path):
+def test_missing_checksum_with_a_write_marker_means_interrupted(tmp_path):
     save_checkpoint(state(1), tmp_path, 1)
     p2 = save_checkpoint(state(2), tmp_path, 2)
-    (tmp_path / (p2.name + ".sha256")).unlink()  # as if killed between the two renames
-    assert latest_checkpoint(tmp_path).name == "ckpt_00000001.pt"
-    assert load_checkpoint(tmp_path)["step"] == 1
+    (tmp_path / (p2.name + ".sha256")).unlink()  # as if killed between the two renames:
+    (tmp_path / f".{p2.name}.writing").touch()   # the write's marker is still there
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1]
+    with pytest.warns(CheckpointWarning, match="being written"):
+        assert load_checkpoint(tmp_path)["step"] == 1
     with pytest.raises(CheckpointError, match="interrupted"):
         load_checkpoint(p2)
+
+
+def test_missing_checksum_without_a_marker_is_loaded_unverified_with_a_warning(tmp_path):
+    """A run copied without its .sha256 files: readers load it (torch verifies the zip structure)."""
+    save_checkpoint(state(1), tmp_path, 1)
+    p2 = save_checkpoint(state(2), tmp_path, 2)
+    (tmp_path / (p2.name + ".sha256")).unlink()
+    with pytest.warns(CheckpointWarning, match=r"ckpt_00000002\.pt has no checksum file.*unverified"):
+        assert load_checkpoint(tmp_path)["step"] == 2
+    assert (tmp_path / "ckpt_00000002.pt").is_file() and not (tmp_path / "ckpt_00000002.pt.sha256").exists()
 
 
 def test_failed_write_leaves_previous_checkpoint_and_no_temp_files(tmp_path, monkeypatch):
@@ -75,8 +91,8 @@ def test_keep_last_prunes_oldest(tmp_path):
 
 
 def test_empty_directory(tmp_path):
-    assert latest_checkpoint(tmp_path) is None
-    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+    assert list_checkpoints(tmp_path) == []
+    with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path)
 
 
@@ -114,16 +130,155 @@ def test_no_loadable_checkpoint_is_an_error_listing_each(tmp_path):
         load_checkpoint(tmp_path)
 
 
-def test_remove_incomplete_deletes_only_leftovers(tmp_path):
+def test_recover_removes_only_the_journaled_leftovers_of_its_own_writes(tmp_path):
     save_checkpoint(state(1), tmp_path, 1)
     p2 = save_checkpoint(state(2), tmp_path, 2)
     (tmp_path / (p2.name + ".sha256")).unlink()          # killed between the two renames
-    (tmp_path / ".ckpt_00000003.pt.x1y2.tmp").write_bytes(b"partial")   # killed mid-write
+    (tmp_path / f".{p2.name}.writing").touch()
+    (tmp_path / ".ckpt_00000003.pt.writing").touch()      # killed mid-write of step 3
+    (tmp_path / ".ckpt_00000003.pt.4242.0a1b2c3d.tmp").write_bytes(b"partial")
+    (tmp_path / "ckpt_00000000.pt.sha256").write_text("x\n")  # a prune cut short: only the sidecar left
     (tmp_path / "metrics.csv").write_text("step\n")
-    removed = remove_incomplete(tmp_path)
-    assert sorted(p.name for p in removed) == [".ckpt_00000003.pt.x1y2.tmp", "ckpt_00000002.pt"]
+    removed = recover(tmp_path)
+    assert sorted(p.name for p in removed) == [".ckpt_00000003.pt.4242.0a1b2c3d.tmp", "ckpt_00000000.pt.sha256",
+                                               "ckpt_00000002.pt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_00000001.pt", "ckpt_00000001.pt.sha256",
                                                           "metrics.csv"]
+
+
+def test_recover_never_deletes_a_checkpoint_without_sidecar(tmp_path):
+    """No marker: not a leftover of this module. One that loads is re-summed (and then verifies as
+    sha256sum would), one that does not is moved to damaged/; each with a warning naming it."""
+    for step in (280, 290, 300):
+        save_checkpoint(state(step), tmp_path, step)
+    for p in tmp_path.glob("*.sha256"):
+        p.unlink()                                        # copied without the sidecars
+    bad = tmp_path / "ckpt_00000310.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.warns(CheckpointWarning) as record:
+        assert recover(tmp_path) == []
+    messages = " ".join(str(w.message) for w in record)
+    for step in (280, 290, 300):
+        assert f"ckpt_00000{step}.pt had no checksum file" in messages
+    assert "ckpt_00000310.pt has no checksum file and does not load" in messages
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [280, 290, 300]
+    for step in (280, 290, 300):
+        data = (tmp_path / f"ckpt_00000{step}.pt").read_bytes()
+        assert (tmp_path / f"ckpt_00000{step}.pt.sha256").read_text().split()[0] == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "damaged" / bad.name).read_bytes() == b"not a checkpoint"
+
+
+def test_checkpoint_files_have_the_mode_of_other_outputs(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(state(), tmp_path, 1)
+        other = tmp_path / "metrics.csv"
+        other.write_text("x")
+    finally:
+        os.umask(old)
+    mode = lambda p: p.stat().st_mode & 0o777
+    assert mode(path) == mode(path.with_name(path.name + ".sha256")) == mode(other) == 0o644
+
+
+def test_failed_sidecar_write_leaves_nothing_of_the_new_checkpoint(tmp_path, monkeypatch):
+    """ENOSPC after the bytes were renamed into place: the new checkpoint and its marker go, the old stays."""
+    save_checkpoint(state(1), tmp_path, 1)
+    real = os.fsync
+    calls = []
+
+    def full_disk(fd):
+        calls.append(fd)
+        if len(calls) == 4:  # marker dir, ckpt file, ckpt dir, then the sidecar's file
+            raise OSError(28, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(state(2), tmp_path, 2)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_00000001.pt", "ckpt_00000001.pt.sha256"]
+
+
+def _run_state(seed=0, **change):
+    s = {"format": "scoresde-train-1", "step": seed, "config": {"name": "x"}, "model": {"w": torch.ones(2)},
+         "ema": {"decay": 0.9, "num_updates": 1, "module": {"w": torch.ones(2)}}}
+    s.update(change)
+    return s
+
+
+def _unreadable(path, monkeypatch):
+    """chmod 0, and (as root, who reads whatever the mode) reading it raises what chmod 0 gives others."""
+    path.chmod(0)
+    if os.geteuid() == 0:
+        real = Path.read_bytes
+
+        def read_bytes(self):
+            if self == path:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self)
+
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+
+
+def _damage(kind, path, monkeypatch):
+    sidecar = path.with_name(path.name + ".sha256")
+    data = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "one bit flipped":
+        path.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "sidecar emptied":
+        sidecar.write_text("")
+    elif kind == "sidecar garbage":
+        sidecar.write_text("zz not a sum\n")
+    elif kind == "mid-write":
+        sidecar.unlink()
+        path.with_name(f".{path.name}.writing").touch()
+    elif kind == "unreadable":
+        _unreadable(path, monkeypatch)
+    elif kind == "sidecar unreadable":
+        _unreadable(sidecar, monkeypatch)
+    elif kind in ("no config", "no model", "NaN weights", "inf EMA", "not a training checkpoint"):
+        bad = {"no config": _run_state(3, config=None), "no model": {k: v for k, v in _run_state(3).items()
+                                                                     if k != "model"},
+               "NaN weights": _run_state(3, model={"w": torch.tensor([1.0, float("nan")])}),
+               "inf EMA": _run_state(3, ema={"decay": 0.9, "num_updates": 1, "module": {"w": torch.full((2,), float("inf"))}}),
+               "not a training checkpoint": {"w": torch.ones(2)}}[kind]
+        save_checkpoint(bad, path.parent, 3)  # a valid checksum over bad content
+    else:
+        raise AssertionError(kind)
+
+
+DAMAGE = ["truncated", "one bit flipped", "empty", "sidecar emptied", "sidecar garbage", "mid-write", "unreadable",
+          "sidecar unreadable", "no config", "no model", "NaN weights", "inf EMA",
+          "not a training checkpoint"]
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_run_checkpoint_selection_falls_back_past_every_damage_kind(tmp_path, kind, monkeypatch):
+    for step in (1, 2, 3):
+        save_checkpoint(_run_state(step), tmp_path, step)
+    newest = tmp_path / "ckpt_00000003.pt"
+    _damage(kind, newest, monkeypatch)
+    with pytest.warns(CheckpointWarning, match=r"skipping checkpoint .*ckpt_00000003\.pt: .*previous one, "
+                                               r"ckpt_00000002\.pt"):
+        path, back = load_run_checkpoint(tmp_path)
+    assert path.name == "ckpt_00000002.pt" and back["step"] == 2
+    with pytest.raises(CheckpointError, match="ckpt_00000003.pt") as err:  # named explicitly: it must be good
+        load_run_checkpoint(newest)
+    assert "\n" not in str(err.value)
+
+
+def test_check_run_state_names_what_is_wrong():
+    check_run_state(_run_state())
+    for change, match in [({"config": None}, "no 'config'"), ({"step": "3"}, "no 'step'"),
+                          ({"format": "other"}, "not a scoresde training checkpoint"),
+                          ({"ema": {"module": None}}, "'ema' has no 'module'"),
+                          ({"model": {"a.w": torch.tensor([float("nan")])}}, r"model weights are not finite .* a\.w")]:
+        with pytest.raises(CheckpointError, match=match):
+            check_run_state(_run_state(**change))
 
 
 def test_differences_are_named_in_config_terms():

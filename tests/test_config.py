@@ -108,12 +108,38 @@ def test_saved_config_is_complete(tmp_path):
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
-    # what a user sees: one line naming the field, exit status 1, no traceback from inside torch
+    # what a user sees: one line naming the field, exit status 2 (as sample and evaluate), no traceback
     for args, field in ((["train.lr=-1"], "train.lr"),
                         (["data.name=mnist", f"data.root={tmp_path / 'missing'}"], "data.root"),
                         (["model.hiden=3", "train.steps=1"], "hiden")):
         r = subprocess.run([sys.executable, "-m", "scoresde.train", "--run-dir", str(tmp_path / "run"), *args],
                            capture_output=True, text=True, cwd=ROOT, timeout=120)
-        assert r.returncode == 1, r.stderr
+        assert r.returncode == 2, r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("override, match", [
+    ("train.batch_size=1000000000000", r"train.batch_size=1000000000000 is not allowed: it must be in 1..10000000"),
+    ("sample.n=1000000000000", r"sample.n=1000000000000 .* 1..10000000"),
+    ("sample.steps=1000000000000", r"sample.steps=1000000000000 .* 1..10000000"),
+    ("eval.bpd_n=1000000000000", r"eval.bpd_n=1000000000000 .* 0..10000000"),
+    ("train.seed=100000000000000000000", r"train.seed=100000000000000000000 .* a seed must be in 0..2\*\*63-1"),
+    ("train.seed=-1", r"train.seed=-1"), ("sample.seed=18446744073709551616", "sample.seed"),
+    ("eval.heldout_seed=-5", "eval.heldout_seed"),
+    ("train.loss=vdm", r"train.loss='vdm' needs an SDE with a learned schedule .*sde.name='vp'"),
+    ('name="../../x"', r"name='../../x' is not allowed: .*plain name"),
+    ('name="a/b"', "plain name"), ('name=".hidden"', "plain name"), ('name=""', "plain name"),
+])
+def test_values_that_would_fail_later_are_refused_up_front(override, match):
+    """Each of these reached a traceback (allocation, seed overflow, the loss's own check at step 1,
+    a run directory outside out_dir) before it was checked here."""
+    with pytest.raises(ConfigError, match=match) as err:
+        load_config(None, [override])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["train.seed=9223372036854775807", "sample.n=10000000", "name=my-run_2.b",
+                                      "train.loss=vdm sde.name=learned"])
+def test_values_at_the_bounds_are_accepted(override):
+    load_config(None, override.split())

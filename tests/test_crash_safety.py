@@ -1,8 +1,12 @@
 """Crash safety of `python -m scoresde.train`: a training process killed with SIGKILL at a random
 moment (mid-step, mid-checkpoint-write, mid-log-line) and resumed with --resume ends with exactly
 the parameters, optimizer, EMA and RNG streams of an uninterrupted run, and a metrics.csv with each
-step once; SIGTERM / SIGINT finish the step, write a checkpoint and exit 143 / 130; a corrupted or
-truncated newest checkpoint makes --resume fall back to the previous one with a warning naming it.
+step once; SIGTERM / SIGINT finish the step, write a checkpoint and exit 143 / 130, and during the
+end-of-run evaluation stop it at once; a corrupted or truncated newest checkpoint makes --resume
+fall back to the previous one with a warning naming it. Run directories: two writers (two fresh
+runs, or two resumes of one run) cannot both proceed, the second stops at once naming the first;
+a fresh run or a resume into another directory never touches a run that is there; a run copied
+without its checksum files loses nothing. Ctrl-C on sample / evaluate exits 130 with one line.
 
 The truth is an uninterrupted run of the same config trained in this process (bitwise equal on the
 CPU to a subprocess's: one thread, the same ops).
@@ -13,6 +17,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +28,7 @@ import pytest
 import torch
 
 from scoresde.checkpoint import CheckpointWarning, list_checkpoints, load_checkpoint
+from scoresde.rundir import RunLock
 from scoresde.config import load_config
 from scoresde.train import Trainer, main, train_loop
 
@@ -173,3 +179,133 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, dama
     # file was set aside, not deleted
     assert_equal(load_checkpoint(newest), full.state_dict())
     assert (run_dir / "superseded" / newest.name).read_bytes() != newest.read_bytes()
+
+
+# -- run directories: one writer, nothing of another run touched ------------------------------------
+def _lock_holder(run_dir: Path) -> int | None:
+    import json
+    try:
+        text = (run_dir / ".lock").read_text()
+    except FileNotFoundError:
+        return None
+    return json.loads(text)["pid"] if text.strip() else None
+
+
+def _second_writer_fails(run_dir: Path, holder: subprocess.Popen, *args: str) -> None:
+    wait_until(lambda: _lock_holder(run_dir) == holder.pid, holder)
+    t0 = time.monotonic()
+    second = subprocess.run([sys.executable, "-m", "scoresde.train", "--no-progress", *args], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and f"is in use by another run: PID {holder.pid}" in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr and time.monotonic() - t0 < 60
+    assert holder.poll() is None, "the holder finished first: the test would prove nothing"
+
+
+def test_two_fresh_runs_on_one_run_directory_cannot_both_proceed(tmp_path):
+    run_dir = tmp_path / "run"
+    first = start(run_dir, f"train.ckpt_every={10 * STEPS}", "train.steps=100000")
+    try:
+        _second_writer_fails(run_dir, first, "--run-dir", str(run_dir), *RUN, "train.seed=1")
+    finally:
+        first.kill()
+        first.communicate()
+    assert load_config(run_dir / "config.toml").train.seed == 0  # the first run's files only
+
+
+@pytest.mark.slow
+def test_two_resumes_of_one_run_cannot_both_proceed(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    first = start(run_dir, f"train.ckpt_every={10 * STEPS}")
+    wait_until(lambda: (run_dir / "metrics.csv").is_file() and
+               len((run_dir / "metrics.csv").read_text().splitlines()) > 1, first)
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 143, err[-2000:]
+    one = subprocess.Popen([sys.executable, "-m", "scoresde.train", "--resume", str(run_dir), "--no-progress"],
+                           cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _second_writer_fails(run_dir, one, "--resume", str(run_dir))
+    _, err = one.communicate(timeout=300)
+    assert one.returncode == 0, err[-2000:]
+    final = load_checkpoint(run_dir)
+    assert_equal({**final, "config": None}, {**uninterrupted, "config": None})
+    assert not (run_dir / "superseded").exists()
+
+
+def test_sigterm_during_the_end_of_run_evaluation_stops_it(tmp_path):
+    run_dir = tmp_path / "run"
+    # a long evaluation: 2000 samples x 100000 Euler-Maruyama steps
+    proc = start(run_dir, "train.steps=20", "sample.steps=100000", "sample.n=2000")
+    wait_until(lambda: any(s == 20 for s, _ in list_checkpoints(run_dir)), proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped the end-of-run evaluation; the checkpoint of step 20 is saved" in err and "Traceback" not in err
+    assert not (run_dir / "summary.json").exists() and load_checkpoint(run_dir)["step"] == 20
+
+
+def test_a_run_copied_without_checksums_loses_nothing(tmp_path, capsys):
+    """The issue's case: a finished run copied without its .sha256 files. A fresh run into it is
+    refused (nothing removed, metrics kept); --resume verifies each checkpoint by loading it,
+    re-sums it with a warning, and continues."""
+    overrides = TOY + ["sample.steps=5", "sample.n=50"]
+    src = tmp_path / "src"
+    main(["--run-dir", str(src), "--no-progress", *overrides])
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("*.sha256", ".lock"))
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--run-dir", str(copy), "--no-progress", *overrides, "train.seed=1"])
+    assert exit_.value.code == 2 and "already holds a run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file() and p.name != ".lock"} == before
+    with pytest.warns(CheckpointWarning, match=r"ckpt_00000024\.pt had no checksum file"):
+        main(["--resume", str(copy), "--no-progress", "train.steps=28"])
+    assert [s for s, _ in list_checkpoints(copy)] == [8, 16, 24, 28]
+    assert all((copy / n).read_bytes() == data for n, data in before.items() if n.startswith("ckpt_"))
+
+
+def test_resume_into_a_directory_holding_another_run_is_refused(tmp_path, capsys):
+    overrides = TOY + ["sample.steps=5", "sample.n=50"]
+    for name, seed in (("a", 0), ("b", 1)):
+        main(["--run-dir", str(tmp_path / name), "--no-progress", *overrides, f"train.seed={seed}"])
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir() if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--resume", str(tmp_path / "a"), "--run-dir", str(tmp_path / "b"), "--no-progress", "train.steps=30"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"--run-dir {tmp_path / 'b'}" in err and "already holds a run" in err, err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir() if p.is_file()} == before
+    # into a new directory it continues run a there, leaving a's own directory as it was
+    main(["--resume", str(tmp_path / "a"), "--run-dir", str(tmp_path / "c"), "--no-progress", "train.steps=28"])
+    assert [s for s, _ in list_checkpoints(tmp_path / "c")] == [28]
+    assert [s for s, _ in list_checkpoints(tmp_path / "a")] == [8, 16, 24]
+
+
+@pytest.mark.parametrize("module", ["sample", "evaluate"])
+def test_ctrl_c_on_sample_and_evaluate_exits_130_with_one_line(tmp_path, module):
+    run_dir = tmp_path / "run"
+    main(["--run-dir", str(run_dir), "--no-progress", *TOY, "sample.steps=5", "sample.n=50"])
+    long = {"sample": ["--out", str(tmp_path / "s.png"), "--n", "2000", "--steps", "1000000",
+                       "--method", "euler_maruyama"],
+            "evaluate": ["--n", "1000", "--rtol", "1e-9", "--atol", "1e-9", "--batch-size", "1000"]}[module]
+    proc = subprocess.Popen([sys.executable, "-m", f"scoresde.{module}", "--checkpoint", str(run_dir), *long],
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+
+    def progress_started():  # tqdm's first bar on stderr: main() is running
+        if _readable(proc.stderr):
+            seen.append(os.read(proc.stderr.fileno(), 4096).decode(errors="replace"))
+        return "|" in "".join(seen)
+
+    wait_until(progress_started, proc)
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=60)
+    text = "".join(seen) + rest
+    assert proc.returncode == 130, text[-2000:]
+    assert "Traceback" not in text and text.strip().splitlines()[-1].endswith("interrupted"), text[-2000:]
+
+
+def _readable(stream) -> bool:
+    import select
+    return bool(select.select([stream], [], [], 0.05)[0])

@@ -291,3 +291,100 @@ def test_stream_rejects_bad_batch_size():
         BatchStream(indexed_dataset(), 0, gen())
     with pytest.raises(ValueError, match="larger than the data set"):
         BatchStream(indexed_dataset(4), 5, gen())
+
+
+# -- damaged and hostile files: each is refused naming the file (and the value) ----------------------
+def _idx(shape, data: np.ndarray) -> bytes:
+    return bytes([0, 0, 0x08, len(shape)]) + np.array(shape, ">u4").tobytes() + data.astype(np.uint8).tobytes()
+
+
+def _mnist_dir(root, labels=(0, 1, 2), test_labels=None):
+    import gzip
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, lab in (("train", labels), ("t10k", test_labels if test_labels is not None else labels)):
+        n = len(lab)
+        (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx((n, 2, 2), np.zeros((n, 2, 2)))))
+        (root / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx((n,), np.array(lab)))
+    return root
+
+
+def test_idx_corrupt_gzip_and_labels_out_of_range_name_the_file(tmp_path):
+    root = _mnist_dir(tmp_path / "ok", test_labels=(0, 0, 1))  # the test split misses class 2
+    test = load_dataset("mnist", str(root), "test")
+    assert test.num_classes == 10 == load_dataset("mnist", str(root)).num_classes  # from the layout, not the split
+    bad = _mnist_dir(tmp_path / "labels", labels=(0, 250, 3))
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte: label 250 of image 1 is not allowed: .*0\.\.9"):
+        load_dataset("mnist", str(bad))
+    gz = _mnist_dir(tmp_path / "gz")
+    data = (gz / "train-images-idx3-ubyte.gz").read_bytes()
+    (gz / "train-images-idx3-ubyte.gz").write_bytes(data[:12] + b"\x00" * 8 + data[20:])
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz is not a readable gzip file"):
+        load_dataset("mnist", str(gz))
+    (gz / "train-images-idx3-ubyte.gz").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz is not a readable gzip file"):
+        load_dataset("mnist", str(gz))
+
+
+def test_cifar_labels_out_of_range_name_the_batch_and_value(tmp_path):
+    import pickle
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name, lab in (("test_batch", [3, -1]),):
+        (folder / name).write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": lab}))
+    with pytest.raises(ValueError, match=r"test_batch: label -1 of image 1 is not allowed: CIFAR-10 labels are 0\.\.9"):
+        load_dataset("cifar10", str(tmp_path), "test")
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 0]}))
+    assert load_dataset("cifar10", str(tmp_path), "test").num_classes == 10
+
+
+def test_image_folder_truncated_and_bomb_pngs_name_the_file(tmp_path):
+    from PIL import Image
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)).save(folder / "a.png")
+    data = (folder / "a.png").read_bytes()
+    (folder / "a.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"a\.png is not a readable PNG image: .*truncated"):
+        load_dataset("image_folder", str(folder))
+    # a valid 1x1 PNG whose header claims 2^15 x 2^15 pixels, over PIL's decompression-bomb limit
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", 2 ** 15, 2 ** 15, 8, 0, 0, 0, 0)
+    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    (folder / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0\0"))
+                                   + chunk(b"IEND", b""))
+    with pytest.raises(ValueError, match=r"a\.png is not a readable PNG image: DecompressionBomb"):
+        load_dataset("image_folder", str(folder))
+
+
+def test_image_folder_test_split_missing_a_class_keeps_the_class_numbers(tmp_path):
+    from PIL import Image
+    for split, classes in (("train", ("cat", "dog", "eel")), ("test", ("cat", "eel"))):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / split / c / "x.png")
+    test = load_dataset("image_folder", str(tmp_path), "test")
+    assert test.num_classes == 3 and test.labels.tolist() == [0, 2]  # eel stays class 2
+
+
+def test_quantized_dataset_labels_must_fit_num_classes():
+    with pytest.raises(ValueError, match=r"label 5 of sample 1 is not allowed: labels must be in 0\.\.2"):
+        QuantizedDataset(torch.zeros(2, 1, 1, 1, dtype=torch.long), 4, torch.tensor([0, 5]), num_classes=3)
+    with pytest.raises(ValueError, match="label -1"):
+        QuantizedDataset(torch.zeros(2, 1, 1, 1, dtype=torch.long), 4, torch.tensor([0, -1]))
+
+
+def test_unreadable_data_files_name_the_file(tmp_path, monkeypatch):
+    """What chmod 0 gives a non-root user (simulated: the tests may run as root)."""
+    from pathlib import Path
+    root = _mnist_dir(tmp_path / "m")
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name.startswith("train-labels"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte cannot be read: Permission denied"):
+        load_dataset("mnist", str(root))

@@ -472,6 +472,13 @@ def test_log_likelihood_of_far_out_data():
     assert 0 < _time_in(str(err.value)) <= 1.0
 
 
+@pytest.mark.parametrize("scale", [1e20, 1e36])
+def test_log_likelihood_huge_score_under_an_adaptive_solver_is_a_clear_error(scale):
+    """torchdiffeq's dopri5 asserts "underflow in dt 0.0" when the step size shrinks to nothing."""
+    with pytest.raises(FloatingPointError, match=r"dopri5 solver's step size underflowed to 0: .*score_fn's scale"):
+        log_likelihood(lambda x, t: -scale * x, VPSDE(), torch.ones(2, 2), rtol=1e-3, atol=1e-3)
+
+
 BPD_ARGS = {
     "levels": st.one_of(st.integers(-2, 3), NOT_REALS, st.floats(allow_nan=True)),
     "data_range": st.one_of(st.tuples(REALS, REALS), NOT_REALS, st.just((0.0, 1.0, 2.0))),
@@ -704,3 +711,223 @@ def test_cli_train_unknown_config_key(tmp_path):
     proc = _cli("train", "--run-dir", str(tmp_path / "run"), "train.stepz=3")
     _one_line_error(proc, "error:", "did you mean 'steps'")
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("ckpt_*"))
+
+
+# -- CLIs in-process: a table of bad inputs, each a one-line error (exit 2) or a correct result ------
+TINY = ["model.hidden=16", "model.depth=2", "model.embed_dim=8", "train.batch_size=32", "train.steps=8",
+        "train.ckpt_every=4", "train.keep_last=10", "train.log_every=4", "train.tensorboard=false", "train.warmup=2",
+        "sample.steps=4", "sample.n=20"]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """A finished 8-step toy run with checkpoints at steps 4 and 8."""
+    from scoresde.train import main as train_main
+    run_dir = tmp_path_factory.mktemp("toy") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_main(["--run-dir", str(run_dir), "--no-progress", *TINY])
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir
+
+
+def _cli_main(module: str, args: list[str], capsys) -> tuple[int, str]:
+    """(exit status, stderr) of `python -m scoresde.<module> args`, run in this process."""
+    import importlib
+    main = importlib.import_module(f"scoresde.{module}").main
+    capsys.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+CLI_CASES = [  # (module, arguments, expected exit status, text the last stderr line must hold)
+    ("sample", ["--n", "1000000000000"], 2, "--n 1000000000000 is not allowed: it must be a number of samples in "
+                                            "1..10000000"),
+    ("sample", ["--steps", "1000000000000"], 2, "--steps 1000000000000 is not allowed: it must be in 1..10000000"),
+    ("sample", ["--seed", "100000000000000000000"], 2, "--seed 100000000000000000000"),
+    ("sample", ["--calibrate", "1000000000000", "--steps", "4"], 2, "--calibrate 1000000000000"),
+    ("evaluate", ["--batch-size", "0"], 2, "--batch-size 0 is not allowed: it must be in 1..10000000"),
+    ("evaluate", ["--n", "1000000000000"], 2, "--n 1000000000000 is not allowed"),
+    ("evaluate", ["--steps", "1000000000000", "--method", "rk4"], 2, "--steps 1000000000000"),
+    ("evaluate", ["--draws", "0"], 2, "--draws 0 is not allowed"),
+    ("evaluate", ["--draws", "2"], 2, "--draws 2: 'ring8' is continuous data"),
+    ("evaluate", ["--split", "foo"], 2, "--split 'foo': 'ring8' is drawn afresh, it has no splits"),
+    ("evaluate", ["--split", "train"], 2, "--split 'train'"),
+    ("evaluate", ["--device", "nonsense"], 2, "--device 'nonsense' is not a device"),
+    ("evaluate", ["--seed", "-1"], 2, "--seed -1 is not allowed"),
+    ("train", ["train.seed=100000000000000000000"], 2, "train.seed=100000000000000000000 is not allowed"),
+    ("train", ["train.batch_size=1000000000000"], 2, "train.batch_size=1000000000000 is not allowed: it must be "
+                                                     "in 1..10000000"),
+    ("train", ["sample.n=1000000000000"], 2, "sample.n=1000000000000"),
+    ("train", ["sample.steps=1000000000000"], 2, "sample.steps=1000000000000"),
+    ("train", ["train.loss=vdm"], 2, "train.loss='vdm' needs an SDE with a learned schedule"),
+    ("train", ['name="../../x"'], 2, "name='../../x' is not allowed"),
+]
+if not torch.cuda.is_available():
+    CLI_CASES.append(("evaluate", ["--device", "cuda"], 2, "--device cuda: CUDA is not available on this machine"))
+
+
+@pytest.mark.parametrize("module, args, code, needle", CLI_CASES,
+                         ids=[f"{m}-{' '.join(a)[:40]}" for m, a, _, _ in CLI_CASES])
+def test_cli_bad_inputs_are_one_line_errors(toy_run, tmp_path, capsys, module, args, code, needle):
+    if module == "sample":
+        args = ["--checkpoint", str(toy_run), "--out", str(tmp_path / "s.png"), "--no-progress", *args]
+    elif module == "evaluate":
+        args = ["--checkpoint", str(toy_run), "--n", "4", "--no-progress", *args]
+    else:
+        args = ["--run-dir", str(tmp_path / "new"), "--no-progress", *TINY, *args]
+    status, err = _cli_main(module, args, capsys)
+    lines = err.strip().splitlines()
+    assert status == code and lines and lines[-1].startswith("error: ") and needle in lines[-1], err
+    assert not list((tmp_path / "new").glob("ckpt_*"))
+
+
+def test_cli_run_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    status, err = _cli_main("train", ["--run-dir", str(tmp_path / "f"), "--no-progress", *TINY], capsys)
+    assert status == 2 and "f is a file, not a directory" in err
+    assert (tmp_path / "f").read_text() == "x"
+
+
+def test_cli_sample_out_without_png_suffix_reports_the_file_it_wrote(toy_run, tmp_path, capsys):
+    out = tmp_path / "figs"
+    out.mkdir()  # --out names an existing directory: the figure goes beside it, as figs.png
+    capsys.readouterr()
+    written = scoresde.sample.main(["--checkpoint", str(toy_run), "--out", str(out), "--n", "8", "--steps", "3",
+                                    "--no-progress"])
+    assert written == tmp_path / "figs.png" and written.is_file() and (tmp_path / "figs.npz").is_file()
+    assert f"wrote {tmp_path / 'figs.png'} and {tmp_path / 'figs.npz'}" in capsys.readouterr().out
+
+
+def _copy_run(src, dst):
+    import shutil
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+@pytest.mark.parametrize("module", ["sample", "evaluate", "train"])
+def test_cli_damaged_newest_checkpoint_falls_back_everywhere(toy_run, tmp_path, capsys, module):
+    """A valid checksum over weights with a NaN in them: each CLI skips it with a warning naming it."""
+    from scoresde.checkpoint import CheckpointWarning, load_checkpoint, save_checkpoint
+    run_dir = _copy_run(toy_run, tmp_path / "run")
+    state = load_checkpoint(run_dir / "ckpt_00000008.pt")
+    next(iter(state["ema"]["module"].values())).view(-1)[0] = float("nan")
+    next(iter(state["model"].values())).view(-1)[0] = float("nan")
+    save_checkpoint(state, run_dir, 8)
+    args = {"sample": ["--checkpoint", str(run_dir), "--out", str(tmp_path / "s.png"), "--n", "4", "--steps", "3"],
+            "evaluate": ["--checkpoint", str(run_dir), "--n", "4", "--method", "rk4", "--steps", "3"],
+            "train": ["--resume", str(run_dir), "train.steps=10"]}[module]
+    with pytest.warns(CheckpointWarning, match=r"skipping checkpoint .*ckpt_00000008\.pt: .*weights are not finite"
+                                               r".*previous one, ckpt_00000004\.pt"):
+        status, err = _cli_main(module, [*args, "--no-progress"], capsys)
+    assert status == 0, err
+    if module == "train":  # continued from step 4; the NaN checkpoint was set aside, not deleted
+        assert (run_dir / "superseded" / "ckpt_00000008.pt").is_file()
+        assert load_checkpoint(run_dir)["step"] == 10
+    # named explicitly, the bad file is an error, not a traceback
+    explicit = {"sample": "--checkpoint", "evaluate": "--checkpoint", "train": "--resume"}[module]
+    target = run_dir / ("superseded" if module == "train" else "") / "ckpt_00000008.pt"
+    status, err = _cli_main(module, [explicit, str(target), *args[2:], "--no-progress"], capsys)
+    assert status == 2 and "weights are not finite" in err and "Traceback" not in err
+
+
+def test_cli_checkpoint_without_config_or_model_key(tmp_path, capsys):
+    from scoresde.checkpoint import save_checkpoint
+    for key in ("config", "model"):
+        state = {"format": "scoresde-train-1", "step": 1, "config": {}, "model": {}, "ema": {"module": {}}}
+        del state[key]
+        path = save_checkpoint(state, tmp_path / key, 1)
+        status, err = _cli_main("evaluate", ["--checkpoint", str(path), "--no-progress"], capsys)
+        assert status == 2 and f"has no '{key}'" in err, err
+
+
+def test_cli_train_lr_1e30_is_a_clear_error_after_training(tmp_path, capsys):
+    """Fewer bad steps than train.max_bad_steps: training ends, then the evaluation cannot sample."""
+    status, err = _cli_main("train", ["--run-dir", str(tmp_path / "run"), "--no-progress", *TINY, "train.lr=1e30"],
+                            capsys)
+    assert status == 1 and "Traceback" not in err, err
+    assert "training reached step 8 and its checkpoint is saved in" in err and "end-of-run evaluation failed" in err
+
+
+@pytest.mark.parametrize("errno_, where", [(28, "fsync"), (30, "lock")], ids=["disk full", "read-only"])
+def test_cli_train_disk_full_or_read_only_is_a_clear_error_and_loses_nothing(toy_run, tmp_path, capsys,
+                                                                            monkeypatch, errno_, where):
+    import errno as errno_module
+    from scoresde.checkpoint import list_checkpoints, load_checkpoint
+    run_dir = _copy_run(toy_run, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name.startswith("ckpt_")}
+    text = os.strerror(errno_)
+    if where == "fsync":  # the first checkpoint of the continued run finds the disk full
+        real = os.fsync
+
+        def fsync(fd):
+            if os.fstat(fd).st_size > 1000:
+                raise OSError(errno_, text)
+            return real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+    else:  # a read-only directory: even its lock file cannot be opened for writing
+        real_open = os.open
+
+        def ro_open(path, flags, *a):
+            if str(path).endswith(".lock") and flags & (os.O_RDWR | os.O_WRONLY):
+                raise OSError(errno_module.EROFS, text, str(path))
+            return real_open(path, flags, *a)
+
+        monkeypatch.setattr(os, "open", ro_open)
+    status, err = _cli_main("train", ["--resume", str(run_dir), "--no-progress", "train.steps=12"], capsys)
+    monkeypatch.undo()
+    lines = err.strip().splitlines()
+    assert status == 1 and lines[-1].startswith(f"error: {text}") and "--resume continues" in lines[-1], err
+    assert "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name.startswith("ckpt_")} == before
+    assert [s for s, _ in list_checkpoints(run_dir)] == [4, 8] and load_checkpoint(run_dir)["step"] == 8
+
+
+@FAST
+@given(flag=st.sampled_from(["--n", "--steps", "--seed", "--eps", "--guidance-scale", "--calibrate"]),
+       value=st.one_of(st.integers(-10 ** 20, 10 ** 20), st.floats(allow_nan=True, allow_infinity=True),
+                       st.sampled_from(["abc", "", "1e999", "-0", "0x10"])))
+def test_cli_sample_flags_fuzzed(toy_run, tmp_path_factory, capsys, flag, value):
+    """Any value of a numeric flag: argparse's usage error, a one-line error, or samples (exit 0)."""
+    out = tmp_path_factory.mktemp("fuzz") / "s.png"
+    extra = ["--class", "0"] if flag == "--guidance-scale" else []
+    args = ["--checkpoint", str(toy_run), "--out", str(out), "--n", "3", "--steps", "2", "--no-progress", *extra,
+            flag, str(value)]
+    status, err = _cli_main("sample", args, capsys)
+    assert "Traceback" not in err
+    if status == 0:
+        assert out.is_file()
+    else:
+        last = err.strip().splitlines()[-1]
+        assert status == 2 and ("error:" in last) and (flag in last or "--" in last or "eps" in last), err
+
+
+def test_cli_resume_of_a_checkpoint_missing_its_optimizer_state(toy_run, tmp_path, capsys):
+    """A valid checksum and finite weights, but no optimizer state: --resume says what is missing."""
+    from scoresde.checkpoint import load_checkpoint, save_checkpoint
+    state = load_checkpoint(toy_run / "ckpt_00000008.pt")
+    del state["optimizer"]
+    path = save_checkpoint(state, tmp_path / "run", 8)
+    status, err = _cli_main("train", ["--resume", str(path), "--no-progress", "train.steps=10"], capsys)
+    assert status == 2 and "cannot be resumed: it has no optimizer in it" in err and "Traceback" not in err, err
+
+
+def test_cli_evaluate_huge_score_is_a_clear_error(toy_run, tmp_path, capsys):
+    """Finite but huge weights: dopri5's step size underflows; evaluate exits 1 with one line."""
+    from scoresde.checkpoint import load_checkpoint, save_checkpoint
+    state = load_checkpoint(toy_run / "ckpt_00000008.pt")
+    module = state["ema"]["module"]
+    last = [k for k in module if k.endswith("weight")][-1]
+    module[last] = module[last] * 1e30
+    path = save_checkpoint(state, tmp_path / "run", 8)
+    status, err = _cli_main("evaluate", ["--checkpoint", str(path), "--n", "2", "--no-progress"], capsys)
+    last = err.strip().splitlines()[-1]
+    assert status == 1 and "Traceback" not in err, err
+    assert last.startswith("error: the dopri5 solver's step size underflowed to 0") or "not finite" in last, err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import pytest
@@ -105,9 +106,11 @@ def test_cli_run_writes_everything(tmp_path, capsys):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["step"] == 40 and summary["nonfinite_samples"] == 0
     assert summary["sw2"] > 0 and summary["sw2_floor"] > 0 and result.steps == 40
-    # the same run directory without --resume is refused; with it, training continues to the new length
-    with pytest.raises(SystemExit, match="already holds checkpoints"):
+    # the same run directory without --resume is refused (exit 2); with it, training continues
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
         main(args)
+    assert exit_.value.code == 2 and "already holds a run (ckpt_00000020.pt" in capsys.readouterr().err
     main(["--resume", str(run_dir), "--no-progress", "train.steps=44"])
     assert load_checkpoint(run_dir)["step"] == 44
 
@@ -182,13 +185,15 @@ def test_too_many_bad_steps_stop_naming_the_step_and_last_good_checkpoint(tmp_pa
 
 
 # -- checkpoint compatibility ------------------------------------------------------------------------
-def test_incompatible_checkpoint_names_what_differs(tmp_path):
+def test_incompatible_checkpoint_names_what_differs(tmp_path, capsys):
     main(["--run-dir", str(tmp_path), "--no-progress", *TOY, "train.steps=8", "sample.steps=5", "sample.n=50"])
-    with pytest.raises(SystemExit, match=r"does not fit this config's model: model.hidden: checkpoint 32, "
-                                         r"config 64 \(state: .*checkpoint \(32, .*\), model \(64,"):
-        main(["--resume", str(tmp_path), "--no-progress", "model.hidden=64", "train.steps=12"])
-    with pytest.raises(SystemExit, match=r"model.depth: checkpoint 2, config 3 .* is missing from the checkpoint"):
-        main(["--resume", str(tmp_path), "--no-progress", "model.depth=3", "train.steps=12"])
+    for override, match in [("model.hidden=64", r"does not fit this config's model: model.hidden: checkpoint 32, "
+                                                r"config 64 \(state: .*checkpoint \(32, .*\), model \(64,"),
+                            ("model.depth=3", r"model.depth: checkpoint 2, config 3 .* is missing from the checkpoint")]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            main(["--resume", str(tmp_path), "--no-progress", override, "train.steps=12"])
+        assert exit_.value.code == 2 and re.search(match, capsys.readouterr().err)
     # same config, but the network's code changed since (what `python -m scoresde.sample` would meet)
     state = load_checkpoint(tmp_path)
     state["model"]["net.extra.weight"] = state["model"].pop("net.out.weight")

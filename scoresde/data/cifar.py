@@ -19,6 +19,7 @@ import torch
 
 from .dataset import QuantizedDataset
 
+NUM_CLASSES = 10
 SPLIT_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
             ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
@@ -35,7 +36,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 def _unpickle_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         d = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise ValueError(f"{where} is not a CIFAR-10 python batch: {e}") from None
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
         raise ValueError(f"{where} is not a CIFAR-10 python batch (needs keys b'data' and b'labels')")
@@ -45,6 +46,10 @@ def _unpickle_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{where}: data must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}")
     if labels.shape != (data.shape[0],):
         raise ValueError(f"{where}: {labels.shape[0]} labels for {data.shape[0]} images")
+    bad = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
+    if bad.size:
+        raise ValueError(f"{where}: label {labels[bad[0]]} of image {bad[0]} is not allowed: CIFAR-10 labels are "
+                         f"0..{NUM_CLASSES - 1} ({bad.size} labels out of range)")
     return data, labels
 
 
@@ -62,7 +67,14 @@ def _read_batches(root: Path, names: list[str]) -> list[tuple[np.ndarray, np.nda
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise FileNotFoundError(f"no CIFAR-10 batch {missing[0]!r} in {folder}")
-    return [_unpickle_batch((folder / n).read_bytes(), str(folder / n)) for n in names]
+    return [_unpickle_batch(_read(folder / n), str(folder / n)) for n in names]
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:  # permissions, a directory of that name
+        raise ValueError(f"{path} cannot be read: {e.strerror or e}") from None
 
 
 def load_cifar10_dataset(root, split: str = "train") -> QuantizedDataset:
@@ -75,4 +87,5 @@ def load_cifar10_dataset(root, split: str = "train") -> QuantizedDataset:
     batches = _read_batches(root, SPLIT_BATCHES[split])
     data = np.concatenate([b[0] for b in batches]).reshape(-1, 3, 32, 32)
     labels = np.concatenate([b[1] for b in batches])
-    return QuantizedDataset(torch.from_numpy(data), 256, torch.from_numpy(labels), name=f"cifar10[{split}]")
+    return QuantizedDataset(torch.from_numpy(data), 256, torch.from_numpy(labels), name=f"cifar10[{split}]",
+                            num_classes=NUM_CLASSES)

@@ -41,10 +41,14 @@ class ToyDataset:
 
 
 class QuantizedDataset:
-    """Integer values (N, C, H, W) in [0, levels), optional labels (N,) in [0, num_classes)."""
+    """Integer values (N, C, H, W) in [0, levels), optional labels (N,) in [0, num_classes).
+
+    num_classes defaults to the largest label + 1; loaders that know the class count pass it, so a
+    split that misses a class still builds the model the run trained.
+    """
 
     def __init__(self, values: torch.Tensor, levels: int, labels: torch.Tensor | None = None,
-                 name: str = ""):
+                 name: str = "", num_classes: int | None = None):
         self.levels = check_levels(levels)
         values = torch.as_tensor(values)
         if values.dim() != 4:
@@ -59,8 +63,15 @@ class QuantizedDataset:
             labels = torch.as_tensor(labels, dtype=torch.long)
             if labels.shape != (values.shape[0],):
                 raise ValueError(f"{name or 'data'}: {labels.numel()} labels for {values.shape[0]} samples")
+            # a split may miss a class: the data set's own class count (not the split's) sizes a model
+            num_classes = num_classes if num_classes is not None else int(labels.max()) + 1
+            bad = (labels < 0) | (labels >= num_classes)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0])
+                raise ValueError(f"{name or 'data'}: label {int(labels[i])} of sample {i} is not allowed: labels "
+                                 f"must be in 0..{num_classes - 1}")
         self.labels = labels
-        self.num_classes = int(labels.max()) + 1 if labels is not None else None
+        self.num_classes = num_classes if labels is not None else None
         self.name = name
 
     @property

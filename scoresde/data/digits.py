@@ -35,4 +35,4 @@ def load_digits_dataset(split: str = "train") -> QuantizedDataset:
     if split != "all":
         idx = torch.from_numpy(digits_split_indices()[0 if split == "train" else 1])
         values, labels = values[idx], labels[idx]
-    return QuantizedDataset(values, DIGITS_LEVELS, labels, name=f"digits[{split}]")
+    return QuantizedDataset(values, DIGITS_LEVELS, labels, name=f"digits[{split}]", num_classes=10)
