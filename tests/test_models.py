@@ -168,7 +168,7 @@ def test_ema_matches_the_closed_form_average():
     model.register_buffer("steps", torch.tensor(0))
     with torch.no_grad():
         model.weight.copy_(thetas[0][None])
-    ema = EMA(model, decay)
+    ema = EMA(model, decay, warmup=False)  # the constant decay; tests/test_train_scale.py checks warmup
     for k, theta in enumerate(thetas[1:], 1):
         with torch.no_grad():
             model.weight.copy_(theta[None])

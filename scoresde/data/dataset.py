@@ -91,9 +91,12 @@ class BatchStream:
 
     A finite set is visited in a fresh random permutation each epoch; the last incomplete batch of
     an epoch is dropped, so every batch has exactly `batch_size` samples. y is None without labels.
+    With random_flip (images only; training data augmentation, as Song et al. 2021 do for CIFAR-10)
+    each image is mirrored left-right with probability 1/2, drawn from the same generator.
     """
 
-    def __init__(self, dataset, batch_size: int, generator: torch.Generator, device=None):
+    def __init__(self, dataset, batch_size: int, generator: torch.Generator, device=None,
+                 random_flip: bool = False):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is not allowed: it must be an integer >= 1")
         finite = isinstance(dataset, QuantizedDataset)
@@ -103,6 +106,9 @@ class BatchStream:
         self.batch_size = batch_size
         self.generator = generator
         self.device = device
+        self.random_flip = random_flip
+        if random_flip and not finite:
+            raise ValueError(f"random_flip needs an image data set, got {dataset!r}")
         self.epoch = 0
         self._perm = torch.randperm(len(dataset), generator=generator) if finite else None
         self._pos = 0
@@ -120,7 +126,11 @@ class BatchStream:
             self.epoch += 1
         idx = self._perm[self._pos:self._pos + b]
         self._pos += b
-        x = dequantize(ds.values[idx], ds.levels, generator=self.generator)
+        v = ds.values[idx]
+        if self.random_flip:
+            flip = torch.rand(b, generator=self.generator) < 0.5
+            v = torch.where(flip.view(-1, 1, 1, 1), v.flip(-1), v)
+        x = dequantize(v, ds.levels, generator=self.generator)
         y = ds.labels[idx] if ds.labels is not None else None
         return x.to(self.device), (y.to(self.device) if y is not None else None)
 
