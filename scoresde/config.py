@@ -46,6 +46,8 @@ class DataConfig:
     root: str = ""          # directory (or archive) of file-based data sets; "" = the set's default
     channels: int = 0       # image_folder only: 1 grey, 3 RGB, 0 as stored
     random_flip: bool = False  # training batches: mirror each image left-right with probability 1/2
+    image_size: int = 0     # image_folder only: resize + center-crop to image_size^2 (0 = as stored)
+    stream: bool = False    # image_folder only: read the training images from disk batch by batch
 
 
 @dataclass
@@ -89,6 +91,7 @@ class TrainConfig:
     log_every: int = 100
     ckpt_every: int = 2000
     keep_last: int = 3
+    workers: int = 0        # DataLoader processes reading streamed images ahead (data.stream); 0 = inline
     tensorboard: bool = True
     max_bad_steps: int = 20  # stop after this many consecutive skipped (non-finite loss/gradient) steps
 
@@ -408,14 +411,15 @@ def validate(cfg: Config) -> Config:
     _known("model.parametrization", cfg.model.parametrization, PARAMETRIZATIONS)
     _positive("train.warmup", t.warmup, allow_zero=True)
     _positive("train.micro_batch", t.micro_batch, allow_zero=True)
+    _positive("train.workers", t.workers, allow_zero=True)
+    _positive("data.image_size", cfg.data.image_size, allow_zero=True)
+    if (cfg.data.image_size or cfg.data.stream) and cfg.data.name != "image_folder":
+        what = "data.image_size" if cfg.data.image_size else "data.stream"
+        raise ConfigError(f"{what} applies to data.name='image_folder' only, got data.name={cfg.data.name!r}")
     if t.micro_batch and t.batch_size % t.micro_batch:
         raise ConfigError(f"train.micro_batch={t.micro_batch} does not divide train.batch_size={t.batch_size}: "
                           "a step accumulates batch_size / micro_batch passes; use a divisor of the batch size")
     _known("train.precision", t.precision, PRECISIONS)
-    if t.compile:
-        from torch._dynamo import list_backends
-
-        _known("train.compile", t.compile, list_backends(exclude_tags=()))
     _positive("train.threads", t.threads, allow_zero=True)
     _positive("train.lr", t.lr)
     _positive("train.grad_clip", t.grad_clip)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import difflib
 import inspect
 import json
 import os
@@ -193,7 +194,14 @@ class Trainer:
                                                    if self.device.type == "cuda" else None)
         self.compile_errors = ()
         if t.compile:  # the state dicts stay self.model's: plain keys, loadable without compiling
+            from torch._dynamo import list_backends
             from torch._dynamo.exc import BackendCompilerFailed
+
+            known = list_backends(exclude_tags=())  # imports TorchDynamo (seconds): only when asked for
+            if t.compile not in known:
+                close = difflib.get_close_matches(t.compile, known, n=1)
+                raise ConfigError(f"train.compile={t.compile!r} is unknown{f'; did you mean {close[0]!r}?' if close else ''}"
+                                  f" (known: {', '.join(known)})")
 
             self.forward = torch.compile(self.forward, backend=t.compile)
             self.compile_errors = BackendCompilerFailed
@@ -213,7 +221,7 @@ class Trainer:
             raise ConfigError(f"data.random_flip=true needs image data; data.name={cfg.data.name!r} is not images")
         try:
             self.stream = BatchStream(self.dataset, t.batch_size, torch.Generator().manual_seed(t.seed),
-                                      self.device, random_flip=cfg.data.random_flip)
+                                      self.device, random_flip=cfg.data.random_flip, workers=t.workers)
         except ValueError as e:
             raise ConfigError(f"train.batch_size: {e}") from None
         self.noise = torch.Generator(self.device).manual_seed(t.seed + 1)

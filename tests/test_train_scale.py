@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -183,7 +184,7 @@ def test_a_failing_compile_backend_is_a_clear_error():
 
 def test_an_unknown_compile_backend_is_refused():
     with pytest.raises(ConfigError, match=r"train.compile='inductr' is unknown; did you mean 'inductor'"):
-        load_config(None, TOY + ["train.compile=inductr"])
+        Trainer(load_config(None, TOY + ["train.compile=inductr"]))
 
 
 UNET = ["data.name=digits", "model.name=unet", "model.ch=8", "model.ch_mult=[1,2]", "model.num_res_blocks=1",
@@ -246,3 +247,86 @@ def test_no_flips_without_random_flip_nor_in_evaluation_data():
 def test_random_flip_needs_image_data():
     with pytest.raises(ConfigError, match=r"data.random_flip=true needs image data; data.name='ring8'"):
         Trainer(load_config(None, TOY + ["data.random_flip=true"]))
+
+
+# -- streamed image folders --------------------------------------------------------------------------
+def write_images(root, n_per_class: int = 12, size: int = 8):
+    """Two classes of random 8-bit RGB images, class a as PNG and class b as (lossy) JPEG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, ext in (("a", "png"), ("b", "jpg")):
+        (root / cls).mkdir(parents=True)
+        for i in range(n_per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / cls / f"{i}.{ext}")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_streamed_image_folder_gives_the_in_memory_batches(tmp_path, workers):
+    from scoresde.data import BatchStream, ImageFolderStream, QuantizedDataset, load_dataset
+
+    write_images(tmp_path)
+    memory = load_dataset("image_folder", str(tmp_path))
+    streamed = load_dataset("image_folder", str(tmp_path), stream=True)
+    assert isinstance(memory, QuantizedDataset) and isinstance(streamed, ImageFolderStream)
+    assert streamed.event_shape == memory.event_shape == (3, 8, 8) and streamed.num_classes == 2
+    a = BatchStream(memory, 5, torch.Generator().manual_seed(3), random_flip=True)
+    b = BatchStream(streamed, 5, torch.Generator().manual_seed(3), random_flip=True, workers=workers)
+    for _ in range(12):  # 2.5 epochs of 4 batches
+        (xa, ya), (xb, yb) = next(a), next(b)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    b.load_state_dict(a.state_dict())  # a resume mid-epoch restarts the read-ahead where the state is
+    for _ in range(3):
+        assert torch.equal(next(a)[0], next(b)[0])
+
+
+def test_resize_and_center_crop(tmp_path):
+    from PIL import Image
+
+    from scoresde.data import load_dataset
+
+    # a 16 x 8 (W x H) image: the shorter side is already 8, so the crop keeps columns 4..11
+    wide = np.arange(16, dtype=np.uint8)[None, :].repeat(8, 0) * 10
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    ds = load_dataset("image_folder", str(tmp_path), image_size=8)
+    assert torch.equal(ds.values[0, 0], torch.from_numpy(wide[:, 4:12]))
+    # a constant 32 x 24 image becomes a constant 8 x 8 one (bicubic keeps constants)
+    (tmp_path / "wide.png").unlink()
+    Image.fromarray(np.full((24, 32), 77, np.uint8)).save(tmp_path / "flat.png")
+    ds = load_dataset("image_folder", str(tmp_path), image_size=8)
+    assert ds.event_shape == (1, 8, 8) and bool((ds.values == 77).all())
+
+
+def test_image_folder_errors_name_the_file(tmp_path):
+    from scoresde.data import load_dataset
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no image files \(.png, .jpg, .jpeg\) under .*empty"):
+        load_dataset("image_folder", str(tmp_path / "empty"), stream=True)
+    write_images(tmp_path / "imgs")
+    (tmp_path / "imgs" / "b" / "5.jpg").write_bytes(b"not a jpeg")
+    streamed = load_dataset("image_folder", str(tmp_path / "imgs"), stream=True)  # reads only the first
+    with pytest.raises(ValueError, match=r"b/5\.jpg is not a readable JPEG image"):
+        streamed.values[torch.arange(len(streamed))]
+    with pytest.raises(ValueError, match=r"b/5\.jpg is not a readable JPEG image"):
+        load_dataset("image_folder", str(tmp_path / "imgs"))
+    with pytest.raises(ConfigError, match=r"data.image_size applies to data.name='image_folder' only"):
+        load_config(None, ["data.name=digits", "data.image_size=8"])
+
+
+def test_training_on_a_streamed_folder_resumes_bitwise(tmp_path):
+    write_images(tmp_path / "imgs")
+    overrides = ["data.name=image_folder", f"data.root={tmp_path / 'imgs'}", "data.stream=true",
+                 "data.random_flip=true", "model.name=unet", "model.ch=8", "model.ch_mult=[1]",
+                 "model.num_res_blocks=1", "model.attn_resolutions=[]", "train.batch_size=8", "train.steps=6",
+                 "train.ckpt_every=3", "train.log_every=3", "train.tensorboard=false"]
+    full = Trainer(load_config(None, overrides))
+    train_loop(full, tmp_path / "full", progress=False)
+    memory = Trainer(load_config(None, [o for o in overrides if o != "data.stream=true"]))
+    train_loop(memory, tmp_path / "memory", progress=False)
+    assert_same_state(full, memory)
+    cfg, _, state = prepare(parse_args(["--resume", str(tmp_path / "full" / "ckpt_00000003.pt")]))
+    resumed = Trainer(cfg)
+    resumed.load_state_dict(state)
+    train_loop(resumed, tmp_path / "resumed", progress=False)
+    assert_same_state(full, resumed)
