@@ -171,6 +171,7 @@ class Trainer:
             self.rows = distributed.shard(t.batch_size, self.world)
         except ValueError as e:
             raise ConfigError(f"train.batch_size: {e}") from None
+        self.passes = micro_batches(self.rows, t.micro_batch, self.world)
         self.device = device if device is not None else select_device(t.device, self.world)
         seed_everything(t.seed)
         self.dataset = build_dataset(cfg, "train")
@@ -205,7 +206,6 @@ class Trainer:
 
             self.forward = torch.compile(self.forward, backend=t.compile)
             self.compile_errors = BackendCompilerFailed
-        self.passes = micro_batches(self.rows, t.micro_batch, self.world)
         self.loss_fn = LOSSES[t.loss]
         self.loss_kwargs = loss_options(cfg, self.loss_fn)
         if "levels" in inspect.signature(self.loss_fn).parameters:

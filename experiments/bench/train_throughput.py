@@ -124,7 +124,7 @@ def main(argv=None) -> None:
     print(f"{'row':<24} {'params':>8} {'batch':>5} {'Trainer ms/step':>16} {'bare ms/step':>13} {'ratio':>6}")
     for name in rows:
         big = not name.startswith("mlp")
-        r = measure(ROWS[name], block=5 if big else 50, repeats=7)
+        r = measure(ROWS[name], block=4 if big else 20, repeats=7)
         print(f"{name:<24} {r['params']:>8} {r['batch']:>5} {r['trainer_ms']:>16.2f} {r['bare_ms']:>13.2f} "
               f"{r['ratio']:>6.3f}", flush=True)
     for name in GPU_ROWS:
