@@ -35,8 +35,9 @@ class ConfigError(ValueError):
 # Sizes that become tensor lengths (batch size, sample count, solver steps) are bounded so that a
 # typo such as 10**12 is an error naming the bound, not a failed allocation; the CLIs use the same.
 MAX_COUNT = 10 ** 7
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MAX_VALUES = 2 ** 31       # numbers in one batch of samples: 8 GiB of float32
 MAX_SEED = 2 ** 63 - 1     # torch generators take seeds below 2**64; runs derive seed + 1, seed + 5
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # train.precision
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -325,6 +326,17 @@ def _positive(path: str, v, allow_zero: bool = False) -> None:
 def _count(path: str, v) -> None:
     if not 1 <= v <= MAX_COUNT:
         raise ConfigError(f"{path}={v!r} is not allowed: it must be in 1..{MAX_COUNT}")
+
+
+def check_batch_values(name: str, count: int, event_shape) -> None:
+    """ConfigError if `count` samples of `event_shape` hold more than MAX_VALUES numbers: a batch
+    that no allocator would give, named (`name`, e.g. "sample.n" or "--n") with the largest count
+    that fits."""
+    per_sample = math.prod(event_shape)
+    if count * per_sample > MAX_VALUES:
+        raise ConfigError(f"{name}={count} is not allowed for samples of shape {tuple(event_shape)}: {count} x "
+                          f"{per_sample} values is over 2**31 (8 GiB of float32); use at most "
+                          f"{MAX_VALUES // per_sample}")
 
 
 def _seed(path: str, v) -> None:

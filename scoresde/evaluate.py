@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError
-from .config import MAX_COUNT, MAX_SEED, ConfigError
+from .config import MAX_COUNT, MAX_SEED, ConfigError, check_batch_values
 from .likelihood import ADAPTIVE_METHODS, FIXED_METHODS, TRACES, bits_per_dim, log_likelihood
 from .interop.export import load_saved
 from .run import build_dataset
@@ -88,6 +88,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         if args.draws != 1:
             raise ValueError(f"--draws {args.draws}: {cfg.data.name!r} is continuous data, there is nothing to "
                              "dequantize (leave out --draws)")
+    check_batch_values("--batch-size", args.batch_size, run.data.event_shape)
     ds = build_dataset(cfg, args.split)
     if cfg.train.threads > 0:  # as in training: more threads than cores thrash on shared machines
         torch.set_num_threads(cfg.train.threads)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
-from .config import MAX_COUNT, MAX_SEED, ConfigError
+from .config import MAX_COUNT, MAX_SEED, ConfigError, check_batch_values
 from .interop.export import load_saved
 from .run import build_dataset
 from .sampling import METHODS, ClassifierFreeGuidance, calibrate_schedule, list_samplers, sample
@@ -114,6 +114,7 @@ def _main(args: argparse.Namespace) -> Path:
         METHODS.get(args.method)  # an unknown name fails here, before the checkpoint is loaded
         run = load_saved(args.checkpoint)
         model, spec = run.model, run.data
+        check_batch_values("--n", args.n, spec.event_shape)
         if args.cls is not None:
             if model.num_classes is None:
                 raise ValueError(f"--class {args.cls}: the model in {run.source} is not class-conditional "

@@ -52,8 +52,8 @@ import torch
 from . import distributed
 from .checkpoint import CheckpointError, config_differences, list_checkpoints, load_run_checkpoint, recover, \
     save_checkpoint, set_aside_newer, state_differences
-from .config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, load_config, \
-    save_config, validate
+from .config import Config, ConfigError, apply_overrides, check_batch_values, config_from_dict, config_to_dict, \
+    load_config, save_config, validate
 from .data import BatchStream
 from .evaluation import evaluate_run
 from .run import DataSpec, build_dataset, build_score_model, build_sde
@@ -175,6 +175,8 @@ class Trainer:
         self.device = device if device is not None else select_device(t.device, self.world)
         seed_everything(t.seed)
         self.dataset = build_dataset(cfg, "train")
+        check_batch_values("train.batch_size", t.batch_size, self.dataset.event_shape)
+        check_batch_values("sample.n", cfg.sample.n, self.dataset.event_shape)
         self.sde = build_sde(cfg)
         self.model = build_score_model(cfg, self.dataset, self.sde).to(self.device)
         self.channels_last = t.channels_last

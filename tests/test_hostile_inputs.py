@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -786,6 +787,23 @@ def test_cli_bad_inputs_are_one_line_errors(toy_run, tmp_path, capsys, module, a
     lines = err.strip().splitlines()
     assert status == code and lines and lines[-1].startswith("error: ") and needle in lines[-1], err
     assert not list((tmp_path / "new").glob("ckpt_*"))
+
+
+def test_cli_sizes_within_the_count_bound_but_too_many_values(tmp_path, capsys):
+    """10**7 samples pass the count bound, but of 16x16 images they are 2.56e9 values, over the
+    2**31-value bound (8 GiB of float32): the check names the largest count that fits (8388608)."""
+    from PIL import Image
+
+    from scoresde.config import check_batch_values
+    for i in range(2):
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / f"{i}.png")
+    args = ["--run-dir", str(tmp_path / "run"), "--no-progress", "data.name=image_folder", f"data.root={tmp_path}",
+            "model.name=unet", "model.ch=8", "model.ch_mult=[1]", "model.num_res_blocks=1",
+            "model.attn_resolutions=[]", "train.batch_size=2", "sample.n=10000000"]
+    status, err = _cli_main("train", args, capsys)
+    assert status == 2 and "sample.n=10000000 is not allowed for samples of shape (1, 16, 16): 10000000 x 256 " \
+                           "values is over 2**31 (8 GiB of float32); use at most 8388608" in err, err
+    check_batch_values("--n", 10 ** 7, (2,))  # 2-D points: 2e7 values fit
 
 
 def test_cli_run_dir_that_is_a_file(tmp_path, capsys):
