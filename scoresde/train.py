@@ -203,9 +203,8 @@ class Trainer:
             known = list_backends(exclude_tags=())  # imports TorchDynamo (seconds): only when asked for
             if t.compile not in known:
                 close = difflib.get_close_matches(t.compile, known, n=1)
-                raise ConfigError(f"train.compile={t.compile!r} is unknown{f'; did you mean {close[0]!r}?' if close else ''}"
-                                  f" (known: {', '.join(known)})")
-
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"train.compile={t.compile!r} is unknown{hint} (known: {', '.join(known)})")
             self.forward = torch.compile(self.forward, backend=t.compile)
             self.compile_errors = BackendCompilerFailed
         self.loss_fn = LOSSES[t.loss]

@@ -31,7 +31,7 @@ from scoresde.train import Trainer
 MLP = ["model.hidden=128", "model.depth=3", "train.batch_size=512"]
 UNET = ["data.name=digits", "model.name=unet", "model.ch=16", "model.ch_mult=[1,2]", "model.num_res_blocks=1",
         "model.attn_resolutions=[4]", "model.dropout=0.0", "train.batch_size=64"]
-DDPMPP = ["data.name=digits", "model.name=ddpmpp", "model.ch=16", "model.ch_mult=[1,2]", "model.num_res_blocks=1",
+DDPMPP = ["data.name=digits", "model.name=ddpmpp", "model.nf=16", "model.ch_mult=[1,2]", "model.num_res_blocks=1",
           "model.attn_resolutions=[4]", "model.dropout=0.0", "train.batch_size=32"]
 ROWS = {
     "mlp": MLP, "mlp micro_batch=128": MLP + ["train.micro_batch=128"], "mlp bf16": MLP + ["train.precision=bf16"],
