@@ -4,6 +4,7 @@ errors for settings that cannot run."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -69,7 +70,8 @@ def test_the_run_summary_warns_while_the_ema_is_mostly_initialization(tmp_path):
     # with warmup theta_0 keeps 1 / C(17, 9) after 8 updates: no warning
     result = main(["--run-dir", str(tmp_path / "b"), *base])
     assert "warning" not in result.summary
-    assert result.metrics.get("ema_initial_weight", None) is None  # a summary.json field, not a metric
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["ema_initial_weight"] == pytest.approx(1 / math.comb(17, 9), rel=1e-12)
 
 
 # -- gradient accumulation --------------------------------------------------------------------------
