@@ -126,6 +126,15 @@ def test_fp16_on_the_cpu_is_refused():
         Trainer(load_config(None, TOY + ["train.precision=fp16", "train.device=cpu"]))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 training needs a CUDA device")
+def test_fp16_on_cuda_trains_with_a_gradient_scaler(tmp_path):
+    tr = Trainer(load_config(None, TOY + ["train.precision=fp16", "train.device=cuda", "train.steps=8"]))
+    assert tr.scaler.is_enabled()
+    train_loop(tr, tmp_path, progress=False)
+    state = torch.load(tmp_path / "ckpt_00000008.pt", weights_only=True)
+    assert state["scaler"]["scale"] == tr.scaler.get_scale() and tr.skipped < 8
+
+
 def test_an_overflowing_scaled_step_is_skipped_and_the_scale_backs_off():
     """fp16's skip logic with the CPU's GradScaler: a scale of 2^127 overflows the float32 gradients
     of a loss made 1000 times larger (themselves finite), as a too-large scale overflows fp16's."""
