@@ -2,6 +2,7 @@
 
     .venv/bin/python experiments/bench/train_throughput.py               # every row below
     .venv/bin/python experiments/bench/train_throughput.py mlp           # rows whose name has "mlp"
+    .venv/bin/python experiments/bench/train_throughput.py --quick       # one 1-step block a row: a smoke test
 
 Each row trains one network (same initial weights) with the same batch and the same work per step
 in both loops: draw a batch (toy draws, or dequantized images), t ~ U[eps, T], x_t = alpha x_0 +
@@ -98,13 +99,13 @@ def framework_loop(trainer: Trainer):
     return run
 
 
-def measure(overrides: list[str], block: int, repeats: int) -> dict:
+def measure(overrides: list[str], block: int, repeats: int, warmup: int = 3) -> dict:
     cfg = load_config(None, overrides + ["train.threads=1", "train.tensorboard=false"])
     torch.set_num_threads(1)
     trainer = Trainer(cfg)
     loops = {"trainer": framework_loop(trainer), "bare": bare_loop(trainer)}
     for run in loops.values():
-        run(3)  # warm-up (and graph capture)
+        run(warmup)  # warm-up (and graph capture)
     times = {name: [] for name in loops}
     for _ in range(repeats):
         for name, run in loops.items():
@@ -118,13 +119,18 @@ def measure(overrides: list[str], block: int, repeats: int) -> dict:
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    rows = [r for r in ROWS if not argv or any(a in r for a in argv)]
-    print(f"CPU, 1 thread, torch {torch.__version__}; medians of 7 alternating blocks; ratio = Trainer / bare "
-          "time per step (target <= 1.05)")
+    quick = "--quick" in argv
+    names = [a for a in argv if a != "--quick"]
+    rows = [r for r in ROWS if not names or any(a in r for a in names)]
+    if not rows:
+        raise SystemExit(f"no row matches {names}; rows: {', '.join(ROWS)}")
+    repeats = 1 if quick else 7
+    print(f"CPU, 1 thread, torch {torch.__version__}; medians of {repeats} alternating blocks; ratio = Trainer / "
+          "bare time per step (target <= 1.05)")
     print(f"{'row':<24} {'params':>8} {'batch':>5} {'Trainer ms/step':>16} {'bare ms/step':>13} {'ratio':>6}")
     for name in rows:
         big = not name.startswith("mlp")
-        r = measure(ROWS[name], block=4 if big else 20, repeats=7)
+        r = measure(ROWS[name], block=1 if quick else 4 if big else 20, repeats=repeats, warmup=1 if quick else 3)
         print(f"{name:<24} {r['params']:>8} {r['batch']:>5} {r['trainer_ms']:>16.2f} {r['bare_ms']:>13.2f} "
               f"{r['ratio']:>6.3f}", flush=True)
     for name in GPU_ROWS:
