@@ -37,6 +37,7 @@ class ConfigError(ValueError):
 MAX_COUNT = 10 ** 7
 MAX_VALUES = 2 ** 31       # numbers in one batch of samples: 8 GiB of float32
 MAX_SEED = 2 ** 63 - 1     # torch generators take seeds below 2**64; runs derive seed + 1, seed + 5
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # train.precision
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -45,6 +46,9 @@ class DataConfig:
     name: str = "ring8"
     root: str = ""          # directory (or archive) of file-based data sets; "" = the set's default
     channels: int = 0       # image_folder only: 1 grey, 3 RGB, 0 as stored
+    random_flip: bool = False  # training batches: mirror each image left-right with probability 1/2
+    image_size: int = 0     # image_folder only: resize + center-crop to image_size^2 (0 = as stored)
+    stream: bool = False    # image_folder only: read the training images from disk batch by batch
 
 
 @dataclass
@@ -66,10 +70,12 @@ class ModelConfig:
 class TrainConfig:
     steps: int = 6000
     batch_size: int = 512
+    micro_batch: int = 0    # rows per forward/backward pass (gradient accumulation); 0 = the whole batch
     lr: float = 2e-3
     warmup: int = 200
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    ema_warmup: bool = True     # decay min(ema_decay, (1 + n) / (10 + n)) at the n-th update (models.ema)
     loss: str = "dsm"
     weighting: str = "sigma2"
     t_sampling: str = "auto"    # "auto": the loss's default for the weighting
@@ -78,10 +84,15 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 1        # CPU threads for torch (0 = torch's default); 1 suits small models
-    bf16: bool = True       # bf16 autocast on CUDA (ignored on CPU)
+    precision: str = "auto"  # "auto" (bf16 on CUDA if train.bf16, else fp32), "fp32", "bf16" (autocast,
+    #                          CUDA or CPU), "fp16" (autocast with a gradient scaler, CUDA only)
+    bf16: bool = True       # precision="auto" on CUDA: bf16 autocast if true, fp32 if false
+    compile: str = ""       # a torch.compile backend for the network ("inductor", the usual); "" = eager
+    channels_last: bool = False  # image networks: NHWC memory layout (faster convolutions on GPUs)
     log_every: int = 100
     ckpt_every: int = 2000
     keep_last: int = 3
+    workers: int = 0        # DataLoader processes reading streamed images ahead (data.stream); 0 = inline
     tensorboard: bool = True
     max_bad_steps: int = 20  # stop after this many consecutive skipped (non-finite loss/gradient) steps
 
@@ -412,6 +423,16 @@ def validate(cfg: Config) -> Config:
     _check_params("model", cfg.model.name, MODELS.get(cfg.model.name), cfg.model.params, DATA_ARGS)
     _known("model.parametrization", cfg.model.parametrization, PARAMETRIZATIONS)
     _positive("train.warmup", t.warmup, allow_zero=True)
+    _positive("train.micro_batch", t.micro_batch, allow_zero=True)
+    _positive("train.workers", t.workers, allow_zero=True)
+    _positive("data.image_size", cfg.data.image_size, allow_zero=True)
+    if (cfg.data.image_size or cfg.data.stream) and cfg.data.name != "image_folder":
+        what = "data.image_size" if cfg.data.image_size else "data.stream"
+        raise ConfigError(f"{what} applies to data.name='image_folder' only, got data.name={cfg.data.name!r}")
+    if t.micro_batch and t.batch_size % t.micro_batch:
+        raise ConfigError(f"train.micro_batch={t.micro_batch} does not divide train.batch_size={t.batch_size}: "
+                          "a step accumulates batch_size / micro_batch passes; use a divisor of the batch size")
+    _known("train.precision", t.precision, PRECISIONS)
     _positive("train.threads", t.threads, allow_zero=True)
     _positive("train.lr", t.lr)
     _positive("train.grad_clip", t.grad_clip)

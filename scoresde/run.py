@@ -79,7 +79,10 @@ class DataSpec:
 
 def build_dataset(cfg: Config, split: str = "train"):
     try:
-        return load_dataset(cfg.data.name, cfg.data.root or None, split, cfg.data.channels or None)
+        d = cfg.data
+        options = {"image_size": d.image_size or None, "stream": d.stream and split == "train"} \
+            if d.name == "image_folder" else {}  # evaluation reads its test images into memory
+        return load_dataset(d.name, d.root or None, split, d.channels or None, **options)
     except (FileNotFoundError, ValueError) as e:
         raise _config_error("data.root" if cfg.data.root or isinstance(e, FileNotFoundError) else "data", e) from None
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import difflib
 import inspect
 import json
 import os
@@ -73,6 +74,32 @@ def select_device(name: str, world: distributed.World | None = None) -> torch.de
                               "use 'auto' or 'cuda'")
         device = torch.device("cuda", world.local_rank)
     return device
+
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(t, device: torch.device) -> str:
+    """train.precision on `device`: "auto" is bf16 on CUDA when train.bf16, else fp32; fp16 needs CUDA."""
+    precision = t.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and t.bf16 else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision='fp16' needs a CUDA device, got {device.type!r}: fp16 training is "
+                          "guarded by CUDA's gradient scaler; use 'bf16' (autocast on CPU too) or 'fp32'")
+    return precision
+
+
+def micro_batches(rows: tuple[int, int], micro_batch: int, world: distributed.World) -> list[tuple[int, int]]:
+    """The passes [lo, hi) of train.micro_batch rows each that cover this process's rows of the batch
+    (the whole of them when micro_batch is 0); ConfigError unless micro_batch divides them."""
+    lo, hi = rows
+    m = micro_batch or hi - lo
+    if (hi - lo) % m:
+        raise ConfigError(f"train.micro_batch={m} does not divide the per-process batch of {hi - lo} rows "
+                          f"(train.batch_size={world.world_size * (hi - lo)} over {world.world_size} processes); "
+                          f"use a divisor of {hi - lo}")
+    return [(a, a + m) for a in range(lo, hi, m)]
 
 
 class NonFiniteError(FloatingPointError):
@@ -144,6 +171,7 @@ class Trainer:
             self.rows = distributed.shard(t.batch_size, self.world)
         except ValueError as e:
             raise ConfigError(f"train.batch_size: {e}") from None
+        self.passes = micro_batches(self.rows, t.micro_batch, self.world)
         self.device = device if device is not None else select_device(t.device, self.world)
         seed_everything(t.seed)
         self.dataset = build_dataset(cfg, "train")
@@ -151,16 +179,34 @@ class Trainer:
         check_batch_values("sample.n", cfg.sample.n, self.dataset.event_shape)
         self.sde = build_sde(cfg)
         self.model = build_score_model(cfg, self.dataset, self.sde).to(self.device)
+        self.channels_last = t.channels_last
+        if self.channels_last:
+            if len(self.dataset.event_shape) != 3:
+                raise ConfigError(f"train.channels_last=true needs image data (C, H, W); data.name="
+                                  f"{cfg.data.name!r} has samples of shape {tuple(self.dataset.event_shape)}")
+            self.model.to(memory_format=torch.channels_last)
         if self.world.rank > 0:  # rank 0's global RNGs are one process's; others drop out independently
             seed_everything(distributed.rank_seed(t.seed, self.world.rank))
-        self.ema = EMA(self.model, t.ema_decay)  # every rank keeps its (identical) EMA; rank 0's is saved
-        self.loss_model = self.model
+        # every rank keeps its (identical) EMA; rank 0's is saved
+        self.ema = EMA(self.model, t.ema_decay, warmup=t.ema_warmup)
+        self.forward = self.model  # what runs the network: DDP-wrapped in a distributed run
         if self.world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                          else None)
-            self.loss_model = distributed.ShardedModel(ddp, self.model, *self.rows, t.batch_size)
+            self.forward = DistributedDataParallel(self.model, device_ids=[self.device.index]
+                                                   if self.device.type == "cuda" else None)
+        self.compile_errors = ()
+        if t.compile:  # the state dicts stay self.model's: plain keys, loadable without compiling
+            from torch._dynamo import list_backends
+            from torch._dynamo.exc import BackendCompilerFailed
+
+            known = list_backends(exclude_tags=())  # imports TorchDynamo (seconds): only when asked for
+            if t.compile not in known:
+                close = difflib.get_close_matches(t.compile, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"train.compile={t.compile!r} is unknown{hint} (known: {', '.join(known)})")
+            self.forward = torch.compile(self.forward, backend=t.compile)
+            self.compile_errors = BackendCompilerFailed
         self.loss_fn = LOSSES[t.loss]
         self.loss_kwargs = loss_options(cfg, self.loss_fn)
         if "levels" in inspect.signature(self.loss_fn).parameters:
@@ -172,15 +218,20 @@ class Trainer:
         warmup = t.warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
+        if cfg.data.random_flip and self.dataset.levels is None:
+            raise ConfigError(f"data.random_flip=true needs image data; data.name={cfg.data.name!r} is not images")
         try:
             self.stream = BatchStream(self.dataset, t.batch_size, torch.Generator().manual_seed(t.seed),
-                                      self.device)
+                                      self.device, random_flip=cfg.data.random_flip, workers=t.workers)
         except ValueError as e:
             raise ConfigError(f"train.batch_size: {e}") from None
         self.noise = torch.Generator(self.device).manual_seed(t.seed + 1)
         self.class_cond = cfg.model.class_cond
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                         if self.device.type == "cuda" and t.bf16 else contextlib.nullcontext())
+        self.precision = resolve_precision(t, self.device)
+        self.autocast = (torch.autocast(self.device.type, dtype=_AUTOCAST[self.precision])
+                         if self.precision in _AUTOCAST else contextlib.nullcontext())
+        # fp16 gradients are scaled against underflow; a disabled scaler is a no-op
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step_count = 0
         self.skipped = 0         # steps skipped for a non-finite loss or gradient, over the run
         self.bad_streak = 0      # consecutive skipped steps up to now
@@ -191,38 +242,60 @@ class Trainer:
     def step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step; returns (loss, grad norm), the loss the global batch's mean.
 
-        The update is applied only if both are finite (one host sync per step; in a distributed run
+        Gradients accumulate over `passes` (rows [lo, hi) of the global batch, train.micro_batch
+        each): every pass replays the step's noise generator, so the loss draws the same noise for
+        the whole batch as in one pass, and the network runs on the pass's rows only
+        (`distributed.ShardedModel`); a pass's loss is its rows' mean weighted by its share, so the
+        accumulated gradient is the whole batch's up to float rounding. The update is applied only
+        if the loss and the gradient norm are finite (one host sync per step; in a distributed run
         the decision uses the all-reduced loss and gradients, so every rank makes the same one).
         """
         x, y = next(self.stream)
-        with self.autocast:
-            if self.world.distributed:
-                lo, hi = self.rows
-                per_sample = self.loss_fn(self.loss_model, self.sde, x, y if self.class_cond else None,
-                                          generator=self.noise, reduce=False, **self.loss_kwargs)[lo:hi]
-                loss = per_sample.mean()  # DDP averages over ranks: the global batch mean
-            else:
-                loss = self.loss_fn(self.model, self.sde, x, y if self.class_cond else None,
-                                    generator=self.noise, **self.loss_kwargs)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y if self.class_cond else None
+        b = self.cfg.train.batch_size
+        rows = self.rows[1] - self.rows[0]
+        whole = len(self.passes) == 1 and not self.world.distributed
+        replay = self.noise.get_state() if len(self.passes) > 1 else None
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total = 0.0  # the per-sample losses' sum, in float32 or wider
+        for i, (lo, hi) in enumerate(self.passes):
+            if replay is not None:
+                self.noise.set_state(replay)
+            model = self.forward if whole else distributed.ShardedModel(self.forward, self.model, lo, hi, b)
+            defer_sync = self.world.distributed and i < len(self.passes) - 1
+            with self.forward.no_sync() if defer_sync else contextlib.nullcontext():
+                with self.autocast:
+                    try:
+                        per_sample = self.loss_fn(model, self.sde, x, y, generator=self.noise, reduce=False,
+                                                  **self.loss_kwargs)[lo:hi]
+                    except self.compile_errors as e:
+                        why = getattr(e, "inner_exception", e)
+                        raise ConfigError(f"train.compile={self.cfg.train.compile!r}: the backend failed on this "
+                                          f"machine ({type(why).__name__}: {str(why).strip().splitlines()[0]}); "
+                                          "set train.compile='' to train without compiling") from None
+                    loss = per_sample.mean() * ((hi - lo) / rows)  # DDP averages over ranks: the global mean
+                self.scaler.scale(loss).backward()
+            total = total + per_sample.detach().sum(dtype=torch.promote_types(per_sample.dtype, torch.float32))
+        self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         if self.world.distributed:
-            both = torch.stack([per_sample.detach().sum().float(),
-                                torch.tensor(float(self.stop_signal > 0), device=loss.device)])
+            both = torch.stack([total, torch.tensor(float(self.stop_signal > 0), device=total.device)])
             distributed.all_reduce_sum(both)
-            loss, self.stop_agreed = both[0] / self.cfg.train.batch_size, bool(both[1] > 0)
+            loss, self.stop_agreed = both[0] / b, bool(both[1] > 0)
         else:
-            loss, self.stop_agreed = loss.detach(), self.stop_signal > 0
+            loss, self.stop_agreed = (loss.detach() if whole else total / b), self.stop_signal > 0
         self.last_applied = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
         if self.last_applied:
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
             self.ema.update(self.model)
             self.bad_streak = 0
         else:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped += 1
             self.bad_streak += 1
+        self.scaler.update()  # fp16: halves the scale after an overflow, grows it after a good run
         self.scheduler.step()
         self.step_count += 1
         return loss, grad_norm
@@ -241,6 +314,7 @@ class Trainer:
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),  # {} unless fp16
             "data": self.stream.state_dict(),
             "noise": self.noise.get_state(),
             "rng": _global_rng_state(),
@@ -266,7 +340,7 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != "scoresde-train-1":
             raise CheckpointError(f"not a scoresde training checkpoint (format {state.get('format')!r})")
-        missing = sorted(self.state_dict().keys() - state.keys() - {"rng_ranks", "guard", "data_spec"})
+        missing = sorted(self.state_dict().keys() - state.keys() - {"rng_ranks", "guard", "data_spec", "scaler"})
         if missing:
             raise CheckpointError(f"the checkpoint (step {state.get('step')}) cannot be resumed: it has no "
                                   f"{', '.join(missing)} in it")
@@ -275,6 +349,8 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
         self.stream.load_state_dict(state["data"])
         self.noise.set_state(state["noise"])
         self.step_count = int(state["step"])
@@ -521,10 +597,15 @@ def run(cfg: Config, run_dir: Path, resume: dict | None = None, progress: bool =
             raise EvaluationError(f"training reached step {step} and its checkpoint is saved in {run_dir}, but the "
                                   f"end-of-run evaluation failed: {e}") from None
         done = step - first
+        ema = trainer.ema
+        if ema.initial_weight > 0.5:  # the samples come mostly from the untrained network
+            parts = [*parts, f"warning: the EMA is still {ema.initial_weight:.0%} the initial weights after "
+                             f"{ema.num_updates} updates (train.ema_decay={ema.decay}); train longer or lower the decay"]
         head = (f"{cfg.name} [{cfg.data.name}, {cfg.model.name}, {cfg.sde.name}] step {step}: "
                 f"{done} steps in {seconds:.0f} s ({done / max(seconds, 1e-9):.1f} steps/s, {trainer.device.type})")
         summary = " | ".join([head, *parts, f"{run_dir / 'samples.png'}"])
-        result = {"step": step, "train_seconds": seconds, **metrics, "summary": summary}
+        result = {"step": step, "train_seconds": seconds, **metrics, "ema_initial_weight": ema.initial_weight,
+                  "summary": summary}
         (run_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     return RunResult(run_dir, step, seconds, metrics, summary)
 

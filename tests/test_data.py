@@ -251,7 +251,7 @@ def test_image_folder_classes_and_modes(tmp_path):
 
 def test_image_folder_splits_and_errors(tmp_path):
     from PIL import Image
-    with pytest.raises(FileNotFoundError, match="no .png files"):
+    with pytest.raises(FileNotFoundError, match=r"no image files \(.png, .jpg, .jpeg\)"):
         load_dataset("image_folder", root=str(tmp_path))
     for split in ("train", "test"):
         (tmp_path / split).mkdir()

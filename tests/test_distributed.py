@@ -96,6 +96,22 @@ def test_two_processes_match_one_and_resume_in_one(tmp_path, one_process):
     assert_close(resumed.state_dict(), one_process)
 
 
+def test_two_processes_with_micro_batches_match_one_whole_batch(tmp_path, one_process):
+    """The global batch fixes the result: 2 ranks x 4 passes of 8 rows = one process's batch of 64."""
+    run_dir = tmp_path / "micro"
+    torchrun(2, "--run-dir", str(run_dir), *RUN, "train.micro_batch=8")
+    final = load_checkpoint(run_dir)
+    assert_close(final, one_process)
+    assert torch.equal(final["noise"], one_process.noise.get_state())
+
+
+def test_micro_batch_must_divide_the_per_process_batch(monkeypatch):
+    monkeypatch.setattr(distributed, "current", lambda: distributed.World(0, 4, 0))
+    with pytest.raises(ConfigError, match=r"train.micro_batch=32 does not divide the per-process batch of 16 rows "
+                                          r"\(train.batch_size=64 over 4 processes\)"):
+        Trainer(load_config(None, TOY + ["train.micro_batch=32"]))
+
+
 @pytest.mark.slow
 def test_one_process_checkpoint_resumes_in_two(tmp_path, one_run):
     one_process, one_dir = one_run

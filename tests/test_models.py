@@ -3,7 +3,8 @@
 Truths used: for x_t = alpha x0 + sigma eps, score = -eps/sigma, x0 = (x_t + sigma^2 score)/alpha
 (Tweedie), v = (alpha eps - sigma x0)/sqrt(alpha^2 + sigma^2); for Gaussian data N(m, s^2 I) the
 posterior mean is E[x0 | x_t] = m + alpha s^2 (x_t - alpha m) / (alpha^2 s^2 + sigma^2); the EMA after
-k updates is (1 - decay) sum_{j>=1} decay^(k-j) theta_j / (1 - decay^k), without theta_0.
+k updates at a constant decay is decay^k theta_0 + (1 - decay) sum_{j>=1} decay^(k-j) theta_j, and with
+warmup theta_0 keeps weight 1 / C(k + 9, 9).
 """
 
 import math
@@ -168,15 +169,14 @@ def test_ema_matches_the_closed_form_average():
     model.register_buffer("steps", torch.tensor(0))
     with torch.no_grad():
         model.weight.copy_(thetas[0][None])
-    ema = EMA(model, decay)
+    ema = EMA(model, decay, warmup=False)  # the constant decay; tests/test_train_scale.py checks warmup
     for k, theta in enumerate(thetas[1:], 1):
         with torch.no_grad():
             model.weight.copy_(theta[None])
             model.steps.fill_(k)
         ema.update(model)
     k = len(thetas) - 1
-    # the bias-corrected average: theta_0 (the initialization) has weight 0, the others sum to 1
-    closed = sum((1 - decay) * decay ** (k - j) * thetas[j] for j in range(1, k + 1)) / (1 - decay ** k)
+    closed = decay ** k * thetas[0] + sum((1 - decay) * decay ** (k - j) * thetas[j] for j in range(1, k + 1))
     torch.testing.assert_close(ema.module.weight[0], closed)
     assert ema.module.steps.item() == k and ema.num_updates == k  # integer buffers are copied
     assert not ema.module.weight.requires_grad and not ema.module.training
@@ -191,10 +191,12 @@ def test_ema_matches_the_closed_form_average():
         EMA(model, 1.0)
 
 
-def test_ema_of_constant_trained_weights_is_those_weights():
-    """Whatever the decay, an average of updates that all hold theta is theta: none of the
-    initialization remains (a plain EMA at decay 0.999 keeps 0.999^k of it, 13% after 2000 updates)."""
+def test_ema_warmup_leaves_the_initialization_its_closed_form_weight():
+    """Updates that all hold theta average to theta + w_k (theta_0 - theta), where w_k, the
+    initialization's weight, is the product of the decays min(d, (1 + n)/(10 + n)) applied:
+    1 / C(k + 9, 9) during warmup (a plain EMA at d = 0.999 keeps 0.999^k: 13% after 2000 updates)."""
     model = nn.Linear(3, 2)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
     ema = EMA(model, 0.999)
     with torch.no_grad():
         for p in model.parameters():
@@ -203,8 +205,11 @@ def test_ema_of_constant_trained_weights_is_those_weights():
     for k in (1, 2, 50):
         while ema.num_updates < k:
             ema.update(model)
+        w = 1 / math.comb(k + 9, 9)
+        assert ema.initial_weight == pytest.approx(w, rel=1e-12)
         for name, value in ema.module.state_dict().items():
-            torch.testing.assert_close(value, trained[name], rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(value, trained[name] + w * (initial[name] - trained[name]),
+                                       rtol=1e-6, atol=1e-7)
 
 
 def test_build_model_by_name_and_its_errors():

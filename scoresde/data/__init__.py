@@ -18,8 +18,8 @@ from .cifar import load_cifar10_dataset
 from .dataset import BatchStream, QuantizedDataset, ToyDataset
 from .digits import DIGITS_LEVELS, digits_split_indices, load_digits_dataset
 from .idx import load_idx_dataset, read_idx
-from .image_folder import load_image_folder
-from .quantized import center, log_p_to_bits_per_dim, dequantize, log_det_jacobian, quantize, to_unit_bins
+from .image_folder import ImageFolderStream, load_image_folder
+from .quantized import center, dequantize, log_det_jacobian, log_p_to_bits_per_dim, quantize, to_unit_bins
 from .toy2d import TOY_SETS
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -50,13 +50,15 @@ DATASETS = Registry("data set", "scoresde.datasets", builtins={
     "fashion_mnist": _fashion_mnist,
     "mnist": lambda root, split, channels: load_idx_dataset(_needs_root("mnist", root), split, "mnist"),
     "cifar10": lambda root, split, channels: load_cifar10_dataset(_needs_root("cifar10", root), split),
-    "image_folder": lambda root, split, channels: load_image_folder(_needs_root("image_folder", root),
-                                                                    split, channels),
+    "image_folder": lambda root, split, channels, **kw: load_image_folder(_needs_root("image_folder", root),
+                                                                          split, channels, **kw),
 })
 
 
-def load_dataset(name: str, root: str | None = None, split: str = "train", channels: int | None = None):
-    """The data set registered as `name` ("ring8", "digits", "mnist", "cifar10", "image_folder", ...)."""
+def load_dataset(name: str, root: str | None = None, split: str = "train", channels: int | None = None,
+                 **options):
+    """The data set registered as `name` ("ring8", "digits", "mnist", "cifar10", "image_folder", ...);
+    `options` go to its builder (image_folder: image_size, stream)."""
     if not isinstance(name, str):
         raise TypeError(f"the data set name must be a string such as 'ring8', got {name!r}")
     if root is not None and not isinstance(root, (str, os.PathLike)):
@@ -65,7 +67,7 @@ def load_dataset(name: str, root: str | None = None, split: str = "train", chann
         raise TypeError(f"split must be a string such as 'train' or 'test', got {split!r}")
     if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int)):
         raise TypeError(f"channels must be an int (0 as stored, 1 grey, 3 RGB) or None, got {channels!r}")
-    return DATASETS.get(name)(root, split, channels)
+    return DATASETS.get(name)(root, split, channels, **options)
 
 
 def list_datasets() -> list[str]:
@@ -75,4 +77,5 @@ def list_datasets() -> list[str]:
 __all__ = ["ToyDataset", "QuantizedDataset", "BatchStream", "load_dataset", "list_datasets", "DATASETS",
            "TOY_SETS", "dequantize", "center", "to_unit_bins", "quantize", "log_det_jacobian",
            "log_p_to_bits_per_dim", "read_idx", "load_idx_dataset", "load_cifar10_dataset", "load_image_folder",
+           "ImageFolderStream",
            "load_digits_dataset", "digits_split_indices", "DIGITS_LEVELS", "FASHION_MNIST_ROOT"]

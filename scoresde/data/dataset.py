@@ -91,18 +91,29 @@ class BatchStream:
 
     A finite set is visited in a fresh random permutation each epoch; the last incomplete batch of
     an epoch is dropped, so every batch has exactly `batch_size` samples. y is None without labels.
+    With random_flip (images only; training data augmentation, as Song et al. 2021 do for CIFAR-10)
+    each image is mirrored left-right with probability 1/2, drawn from the same generator.
+    A set whose values are read from disk (`image_folder.ImageFolderStream`) is read `workers`
+    processes ahead, the epoch's batches in order, pinned in memory for a CUDA device; the batches
+    are the same as from memory, since every random draw stays in this process.
     """
 
-    def __init__(self, dataset, batch_size: int, generator: torch.Generator, device=None):
+    def __init__(self, dataset, batch_size: int, generator: torch.Generator, device=None,
+                 random_flip: bool = False, workers: int = 0):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is not allowed: it must be an integer >= 1")
-        finite = isinstance(dataset, QuantizedDataset)
+        finite = dataset.levels is not None
         if finite and batch_size > len(dataset):
             raise ValueError(f"batch_size={batch_size} is larger than the data set ({len(dataset)} samples)")
         self.dataset = dataset
         self.batch_size = batch_size
         self.generator = generator
         self.device = device
+        self.random_flip = random_flip
+        self.workers = workers if finite and not torch.is_tensor(dataset.values) else 0
+        self._prefetched = None  # the rest of this epoch's batches, read by DataLoader workers
+        if random_flip and not finite:
+            raise ValueError(f"random_flip needs an image data set, got {dataset!r}")
         self.epoch = 0
         self._perm = torch.randperm(len(dataset), generator=generator) if finite else None
         self._pos = 0
@@ -118,9 +129,14 @@ class BatchStream:
             self._perm = torch.randperm(len(ds), generator=self.generator)
             self._pos = 0
             self.epoch += 1
+            self._prefetched = None
         idx = self._perm[self._pos:self._pos + b]
+        v = self._read_ahead() if self.workers else ds.values[idx]
         self._pos += b
-        x = dequantize(ds.values[idx], ds.levels, generator=self.generator)
+        if self.random_flip:
+            flip = torch.rand(b, generator=self.generator) < 0.5
+            v = torch.where(flip.view(-1, 1, 1, 1), v.flip(-1), v)
+        x = dequantize(v, ds.levels, generator=self.generator)
         y = ds.labels[idx] if ds.labels is not None else None
         return x.to(self.device), (y.to(self.device) if y is not None else None)
 
@@ -131,3 +147,16 @@ class BatchStream:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self._perm, self._pos, self.epoch = state["perm"], int(state["pos"]), int(state["epoch"])
+        self._prefetched = None
+
+    def _read_ahead(self) -> torch.Tensor:
+        """The values of rows perm[pos:pos + batch_size], from workers reading the epoch's batches in order."""
+        if self._prefetched is None:
+            from torch.utils.data import DataLoader
+
+            b, n = self.batch_size, len(self.dataset)
+            batches = [self._perm[p:p + b].tolist() for p in range(self._pos, n - b + 1, b)]
+            pin = torch.device(self.device).type == "cuda" if self.device is not None else False
+            self._prefetched = iter(DataLoader(self.dataset.values, batch_sampler=batches, num_workers=self.workers,
+                                               pin_memory=pin))
+        return next(self._prefetched)

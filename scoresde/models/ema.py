@@ -1,19 +1,16 @@
-"""Exponential moving average of a model's weights (Polyak averaging; Song et al. 2021 use decay 0.9999),
-bias-corrected as Adam's moment estimates are (Kingma & Ba 2015, sec. 3):
+"""Exponential moving average of a model's weights (Polyak averaging; Song et al. 2021 use decay 0.9999).
 
-    theta_ema_k = (1 - decay) sum_{j=1..k} decay^(k-j) theta_j / (1 - decay^k)
+After each optimiser step,  theta_ema <- d_n * theta_ema + (1 - d_n) * theta,  n = 0, 1, ... the
+number of earlier updates. With warmup (the default) the decay grows as
 
-after k updates with weights theta_1 .. theta_k: the weights sum to 1 and the initialization theta_0 has
-none. The plain average, started at theta_0, keeps decay^k theta_0; with a last layer initialised at
-zero (the U-Net's) that shrinks the network's output by about that share: after 2000 updates at decay
-0.999 the digits U-Net predicted eps = 0.867 x_T at t = T, so Tweedie's x0 = (x - sigma eps) / alpha
-was 0.133 x_T / alpha(T) = 20 x_T there instead of a digit, and the probability-flow ODE carries that
-to t = 0 (docs/benchmarks.md). The update that keeps the bias-corrected average is
+    d_n = min(decay, (1 + n) / (10 + n)),
 
-    theta_ema <- theta_ema + w_k (theta_k - theta_ema),   w_k = (1 - decay) / (1 - decay^k),
-
-so w_1 = 1 (the first update replaces theta_0) and w_k -> 1 - decay. Floating buffers are averaged
-the same way; integer buffers (counters) are copied.
+so early averages forget the random initialization fast (d_0 = 0.1; the same schedule as
+TensorFlow's ExponentialMovingAverage with num_updates): at decay 0.9999 a constant decay keeps
+0.9999^k of theta_0 after k steps, 37% after 10k, while with warmup theta_0 keeps
+prod_j d_j = 1 / C(k + 9, 9) while (1 + n) / (10 + n) < decay. Without warmup d_n = decay.
+`initial_weight` is that product, the weight theta_0 still has in the average.
+Floating buffers are averaged the same way; integer buffers (counters) are copied.
 
 The averaged network is `ema.module`: a frozen copy of the model in eval mode, used for sampling and
 evaluation (e.g. `ema.module.score_fn()` for a ScoreModel).
@@ -30,17 +27,19 @@ from torch import nn
 class EMA:
     """Keeps `module`, the exponential moving average of `model`'s parameters and buffers."""
 
-    def __init__(self, model: nn.Module, decay: float = 0.999):
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
         self.decay = _check_decay(decay)
+        self.warmup = bool(warmup)
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
         self.num_updates = 0
+        self.initial_weight = 1.0  # prod of the decays applied so far: theta_0's weight in the average
         self._pairs, self._source = None, None
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """theta_ema <- theta_ema + w (theta - theta_ema), w = (1 - decay) / (1 - decay^k) at the k-th
-        update, for every parameter and floating buffer.
+        """theta_ema <- d theta_ema + (1 - d) theta, d = `current_decay()`, for every parameter and
+        floating buffer.
 
         The pairing of tensors is computed once per source model: rebuilding it (or two state_dicts)
         every step cost 5-9% of a small model's training step (experiments/bench/train_throughput.py).
@@ -49,31 +48,41 @@ class EMA:
             self._pairs = _pair_tensors(self.module, model)
             self._source = model
         params, buffers = self._pairs
-        self.num_updates += 1
-        weight = (1.0 - self.decay) / (1.0 - self.decay ** self.num_updates)
-        torch._foreach_lerp_([e for e, _ in params], [s.detach() for _, s in params], weight)
+        decay = self.current_decay()
+        torch._foreach_lerp_([e for e, _ in params], [s.detach() for _, s in params], 1.0 - decay)
         for (em, name), (sm, _) in buffers:  # looked up each step: module.to() replaces buffers
             e, s = em._buffers[name], sm._buffers[name]
             if e.is_floating_point():
-                e.lerp_(s, weight)
+                e.lerp_(s, 1.0 - decay)
             else:
                 e.copy_(s)
+        self.num_updates += 1
+        self.initial_weight *= decay
+
+    def current_decay(self) -> float:
+        """The decay the next update applies: min(decay, (1 + n) / (10 + n)) with warmup, else decay."""
+        n = self.num_updates
+        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
 
     def to(self, *args, **kwargs) -> "EMA":
         self.module.to(*args, **kwargs)
         return self
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "num_updates": self.num_updates, "module": self.module.state_dict()}
+        return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates,
+                "initial_weight": self.initial_weight, "module": self.module.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore from `state_dict()`; parameter names and shapes must match exactly."""
+        """Restore from `state_dict()`; parameter names and shapes must match exactly. A state saved
+        before warmup existed (no "warmup" key) continues with a constant decay, as it was made."""
         missing = {"decay", "num_updates", "module"} - set(state)
         if missing:
             raise ValueError(f"not an EMA state dict: missing {sorted(missing)}")
         self.module.load_state_dict(state["module"], strict=True)
         self.decay = _check_decay(state["decay"])
         self.num_updates = int(state["num_updates"])
+        self.warmup = bool(state.get("warmup", False))
+        self.initial_weight = float(state.get("initial_weight", self.decay ** self.num_updates))
 
 
 def _pair_tensors(ema: nn.Module, model: nn.Module):
