@@ -254,3 +254,11 @@ def test_importing_the_cli_module_keeps_scoresde_sample_callable():
     a = scoresde.sample(score, sde, (16, 2), method="ddim", steps=5, generator=torch.Generator().manual_seed(1))
     b = sample_fn(score, sde, (16, 2), method="ddim", steps=5, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
+
+
+def test_without_method_it_samples_as_the_run_config_does(runs, tmp_path, capsys):
+    """No --method: the run config's [sample] method (here the default config's), with --steps kept."""
+    cfg_method = load_run(runs / "uncond").config.sample.method
+    main(["--checkpoint", str(runs / "uncond"), "--steps", "3", "--n", "2", "--out", str(tmp_path / "d.png"),
+          "--no-progress"])
+    assert capsys.readouterr().out.strip().endswith(f"(2 samples, {cfg_method})")
