@@ -16,6 +16,7 @@ from ..registry import Registry
 from .exponential import ddim, dpmpp_2m, dpmpp_3m, unipc
 from .langevin import annealed_langevin, pc
 from .ode import ode
+from .repaint import repaint
 from .sde_solvers import ancestral, euler_maruyama, reverse_diffusion
 from .sde_torchsde import torchsde_method
 
@@ -23,6 +24,7 @@ METHODS = Registry("sampler", "scoresde.samplers", builtins={
     "euler_maruyama": euler_maruyama, "reverse_diffusion": reverse_diffusion, "ancestral": ancestral,
     "torchsde": torchsde_method, "pc": pc, "annealed_langevin": annealed_langevin,
     "ode": ode, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m, "unipc": unipc,
+    "repaint": repaint,
 })
 
 
