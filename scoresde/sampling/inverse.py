@@ -48,19 +48,26 @@ class _TweedieLikelihood(Guidance):
         return (batch_view(self.sde.alpha(t64).to(x.dtype), x), batch_view(self.sde.sigma(t64).to(x.dtype), x))
 
     def weighted_residual(self, residual, alpha, sigma, x0, xg):
-        """The vector v with grad log p_t(y | x_t) ≈ J^T A^T v (v may depend on the residual's value)."""
+        """(v, log det of the covariance per sample or 0 where it is the same for all samples) with
+        grad log p_t(y | x_t) ≈ J^T A^T v (v may depend on the residual's value)."""
         raise NotImplementedError
 
-    def __call__(self, x, t, score):
+    def log_likelihood_and_grad(self, x, t):
+        """(log p~_t(y | x) up to a constant shared by all samples at t, its gradient J^T A^T v, x0_hat):
+        log p~ = -<r, v> / 2 - log det(Cov) / 2 with r = y - A(x0_hat); all detached."""
         alpha, sigma = self._coefficients(t, x)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             x0 = tweedie(xg, self.score_fn(xg, t), alpha, sigma)
             residual = self.measurement.residual(x0)
-            v = self.weighted_residual(residual.detach(), alpha, sigma, x0, xg)
+            v, logdet = self.weighted_residual(residual.detach(), alpha, sigma, x0, xg)
             # d/dx <-(y - A(x0_hat(x))), v> = J^T A^T v; for nonlinear A, A^T is its Jacobian's transpose
             (grad,) = torch.autograd.grad(-(residual * v).sum(), xg)
-        return self.scale * grad
+        log_lik = -0.5 * (residual.detach() * v).flatten(1).sum(1) - 0.5 * logdet
+        return log_lik, grad, x0.detach()
+
+    def __call__(self, x, t, score):
+        return self.scale * self.log_likelihood_and_grad(x, t)[1]
 
 
 class DPS(_TweedieLikelihood):
@@ -77,9 +84,9 @@ class DPS(_TweedieLikelihood):
 
     def weighted_residual(self, residual, alpha, sigma, x0, xg):
         if self.step_rule == "gaussian":
-            return residual / self.measurement.noise_std ** 2
+            return residual / self.measurement.noise_std ** 2, 0.0
         norm = residual.flatten(1).norm(dim=1).clamp_min(torch.finfo(residual.dtype).tiny)
-        return residual / batch_view(norm, residual)  # grad of -|r| = J^T A^T r / |r|
+        return residual / batch_view(norm, residual), 0.0  # grad of -|r| = J^T A^T r / |r|
 
     def __repr__(self):
         return f"DPS({self.measurement!r}, scale={self.scale}, step_rule={self.step_rule!r})"
@@ -101,7 +108,7 @@ class PosteriorCovarianceGuidance(_TweedieLikelihood):
             return self._jacobian_weighted(residual, alpha, sigma, x0, xg)
         d2 = self.data_std ** 2
         r2 = (d2 * sigma ** 2 / (alpha ** 2 * d2 + sigma ** 2)).flatten()[0].item()
-        return self.measurement.solve_gram(residual, self.measurement.noise_std ** 2, r2)
+        return self.measurement.solve_gram(residual, self.measurement.noise_std ** 2, r2), 0.0
 
     def _jacobian_weighted(self, residual, alpha, sigma, x0, xg):
         """(s^2 I + (sigma^2 / alpha) A J A^T)^{-1} r per sample, A J by one VJP per measurement
@@ -115,7 +122,7 @@ class PosteriorCovarianceGuidance(_TweedieLikelihood):
         eye = torch.eye(ax.shape[1], dtype=ax.dtype, device=ax.device)
         cov = self.measurement.noise_std ** 2 * eye + scale * 0.5 * (ajat + ajat.transpose(1, 2))
         r = residual.flatten(1)
-        return torch.linalg.solve(cov, r[..., None])[..., 0].reshape(residual.shape)
+        return torch.linalg.solve(cov, r[..., None])[..., 0].reshape(residual.shape), torch.linalg.slogdet(cov)[1]
 
     def __repr__(self):
         return (f"PosteriorCovarianceGuidance({self.measurement!r}, data_std={self.data_std}, "
