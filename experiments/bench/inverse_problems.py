@@ -75,14 +75,54 @@ def methods(prior, A, y, noise, sde, n):
     return out
 
 
+def run(method, guidance, options, per_step, prior, sde, n, nfe):
+    """(samples, NFE done) of one method at about `nfe` score evaluations."""
+    if method == "twisted_smc":
+        x, info = twisted_smc(guidance, sde, (n, prior.dim), steps=nfe - 1, generator=torch.Generator().manual_seed(0))
+        return x, info["nfe"]
+    x, info = sample(prior.score_fn(sde), sde, method=method, steps=max(1, (nfe - 1) // per_step),
+                     guidance=guidance, generator=torch.Generator().manual_seed(0),
+                     x_T=torch.randn(n, prior.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
+                     return_info=True, **options)
+    return x, info.nfe
+
+
+def figure(path, sde, n):
+    """Exact posterior samples beside each method's at NFE 100, for the two ring cases."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    shown = [["replacement", "repaint (resample 5)", "pigdm (jacobian cov)"],
+             ["dps (gaussian)", "pigdm (jacobian cov)", "twisted smc (jacobian cov)"]]
+    fig, axes = plt.subplots(2, 4, figsize=(10, 5), sharex=True, sharey=True)
+    for row, (case, prior, A, y, noise), names in zip(axes, cases()[:2], shown):
+        exact, _ = prior.posterior(A, y, noise).sample(n, torch.Generator().manual_seed(1))
+        all_methods = methods(prior, A, y, noise, sde, n)
+        panels = [("exact posterior", exact)] + [(name, run(*all_methods[name], prior, sde, n, 100)[0])
+                                                  for name in names]
+        for ax, (name, x) in zip(row, panels):
+            ax.scatter(prior.means[:, 0], prior.means[:, 1], s=30, c="lightgray")
+            ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.3)
+            ax.set_title(name, fontsize=8)
+            ax.set_xlim(-6, 6)
+            ax.set_ylim(-6, 6)
+            ax.set_aspect("equal")
+        row[0].set_ylabel(case, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=70)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--figure", help="instead of the table, draw cases (a) and (b) at NFE 100 to this PNG")
     parser.add_argument("--n-ref", type=int, default=20000, help="size of the exact reference set")
     parser.add_argument("--nfe", type=int, nargs="+", default=[20, 50, 100, 1000])
     args = parser.parse_args()
     torch.set_num_threads(1)
     sde = VPSDE()
+    if args.figure:
+        return figure(args.figure, sde, args.n)
     print(f"VP SDE, exact mixture score, ancestral steps unless named, n = {args.n} samples a set, float64")
     n = args.n
     for case, prior, A, y, noise in cases():
@@ -96,20 +136,9 @@ def main():
         print(f"{'method':28s} {'NFE':>5s} {'SW2':>8s} {'MMD':>9s} {'seconds':>8s}")
         for name, (method, guidance, options, per_step) in methods(prior, A, y, noise, sde, n).items():
             for nfe in args.nfe:
-                steps = max(1, (nfe - 1) // per_step)
                 t0 = time.perf_counter()
                 try:
-                    if method == "twisted_smc":
-                        x, info = twisted_smc(guidance, sde, (n, prior.dim), steps=nfe - 1,
-                                              generator=torch.Generator().manual_seed(0))
-                        nfe_done = info["nfe"]
-                    else:
-                        x, info = sample(prior.score_fn(sde), sde, method=method, steps=steps,
-                                         guidance=guidance, generator=torch.Generator().manual_seed(0),
-                                         x_T=torch.randn(n, prior.dim, dtype=torch.float64,
-                                                         generator=torch.Generator().manual_seed(0)),
-                                         return_info=True, **options)
-                        nfe_done = info.nfe
+                    x, nfe_done = run(method, guidance, options, per_step, prior, sde, n, nfe)
                 except ValueError as err:
                     print(f"{name:28s} {nfe:5d} diverged: {str(err)[:80]}")
                     continue
