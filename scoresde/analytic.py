@@ -165,7 +165,8 @@ class MixturePosterior:
                    - 0.5 * A.shape[0] * math.log(2 * math.pi))
         self.log_evidence = torch.logsumexp(torch.log(prior.weights) + log_lik, 0)  # log p(y)
         self.weights = torch.softmax(torch.log(prior.weights) + log_lik, 0)
-        self.gains = var[:, None, None] * torch.cholesky_solve(A.expand(len(var), -1, -1), L).transpose(1, 2)  # K_k (K, D, M)
+        # K_k = s_k^2 A^T G_k^{-1}, (K, D, M)
+        self.gains = var[:, None, None] * torch.cholesky_solve(A.expand(len(var), -1, -1), L).transpose(1, 2)
         self.means = prior.means + (self.gains @ resid[..., None])[..., 0]
         eye_d = torch.eye(prior.dim, dtype=A.dtype)
         self.covariances = var[:, None, None] * (eye_d - self.gains @ A)

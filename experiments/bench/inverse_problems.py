@@ -19,8 +19,7 @@ import torch
 
 from scoresde.analytic import GaussianMixture
 from scoresde.metrics.points import mmd, sliced_wasserstein
-from scoresde.sampling import (DPS, Inpainting, MaskOperator, MatrixOperator, Measurement,
-                               PosteriorCovarianceGuidance, sample)
+from scoresde.sampling import DPS, Inpainting, MatrixOperator, Measurement, PosteriorCovarianceGuidance, sample
 from scoresde.sampling.smc import twisted_smc
 from scoresde.sdes import VPSDE
 

@@ -37,7 +37,8 @@ class _TweedieLikelihood(Guidance):
     def __init__(self, score_fn, sde, measurement: Measurement, scale: float):
         check_callable("score_fn", score_fn)
         if not hasattr(sde, "alpha") or not hasattr(sde, "sigma"):
-            raise ValueError(f"likelihood guidance needs a kernel SDE with alpha(t) and sigma(t); got {type(sde).__name__}")
+            raise ValueError(f"likelihood guidance needs a kernel SDE with alpha(t) and sigma(t); "
+                             f"got {type(sde).__name__}")
         if not isinstance(measurement, Measurement):
             raise TypeError(f"measurement must be a Measurement(operator, y, noise_std), got {measurement!r}")
         self.score_fn, self.sde, self.measurement = score_fn, sde, measurement

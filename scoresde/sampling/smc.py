@@ -31,7 +31,8 @@ def twisted_smc(twist, sde, shape, *, steps: int, eps: float = 1e-3, generator: 
                 dtype=torch.float64) -> tuple[torch.Tensor, dict]:
     """shape = (n particles, *data shape); one score evaluation and VJP per step (steps + 1 in all).
     Returns (samples, {"nfe", "resampled"}) with resampled the number of resampling steps."""
-    if not isinstance(twist, (PosteriorCovarianceGuidance, DPS)) or getattr(twist, "step_rule", "gaussian") != "gaussian":
+    likelihood = isinstance(twist, PosteriorCovarianceGuidance) or (isinstance(twist, DPS) and twist.step_rule == "gaussian")
+    if not likelihood:
         raise TypeError(f"twist must be a PosteriorCovarianceGuidance or a DPS with step_rule='gaussian' "
                         f"(a likelihood), got {twist!r}")
     steps = check_count("steps", steps)
