@@ -168,3 +168,25 @@ def test_twisted_smc_reweights_modes_that_guidance_alone_gets_wrong():
     with pytest.raises(TypeError, match="twist must be"):
         twisted_smc(DPS(RING.score_fn(sde), sde, Measurement(MatrixOperator(A1), y1, 0.3), step_rule="normalized"),
                     sde, (10, 2), steps=3)
+
+
+@pytest.mark.parametrize("noise", [0.2, 0.0])
+@pytest.mark.parametrize("op", [Grayscale(), AveragePool(2), MaskOperator(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))],
+                         ids=["colorization", "super_resolution", "inpainting"])
+def test_image_operators_give_the_exact_posterior_score_for_gaussian_images(op, noise):
+    """(3, 2, 2) images of Gaussian data N(m, d^2 I): with the operator's matrix (built column by
+    column) the posterior is Gaussian, and PiGDM with data_std = d must give its perturbed score."""
+    sde = SDES["vp"]
+    shape = (3, 2, 2)
+    m = torch.linspace(-1, 1, 12, dtype=torch.float64)
+    prior = GaussianMixture(m[None], 0.7)
+    M = operator_matrix(op, shape)
+    M = M[M.abs().sum(1) > 0]  # a mask's unobserved entries are zero rows: drop them
+    x_true = torch.randn(1, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = op(x_true)[0]
+    post = prior.posterior(M, (M @ x_true.flatten()), noise)
+    term = PosteriorCovarianceGuidance(prior.score_fn(sde), sde, Measurement(op, y, noise), data_std=0.7)
+    x = torch.randn(16, *shape, dtype=torch.float64)
+    t = torch.full((16,), 0.3, dtype=torch.float64)
+    got = term.apply(prior.score_fn(sde))(x, t).flatten(1)
+    torch.testing.assert_close(got, posterior_score(prior, post, x.flatten(1), t, sde), rtol=1e-7, atol=1e-9)
