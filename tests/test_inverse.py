@@ -43,8 +43,8 @@ def test_posterior_covariance_guidance_is_exact_for_gaussian_data(sde_name, cova
     term = PosteriorCovarianceGuidance(prior.score_fn(sde), sde, Measurement(MatrixOperator(A), Y, noise),
                                        data_std=1.5, covariance=covariance)
     x = torch.randn(64, D, dtype=torch.float64) * 3
-    for tv in (0.05, 0.3, 0.9):
-        t = torch.full((64,), tv, dtype=torch.float64)
+    for t in (torch.full((64,), 0.05, dtype=torch.float64), torch.full((64,), 0.9, dtype=torch.float64),
+              torch.linspace(0.01, 1.0, 64, dtype=torch.float64)):  # per-sample times too
         torch.testing.assert_close(term.apply(prior.score_fn(sde))(x, t), posterior_score(prior, post, x, t, sde),
                                    rtol=1e-7, atol=1e-9)
 
@@ -84,7 +84,7 @@ def operator_matrix(op, shape):
 def test_solve_gram_is_exact(op, shape):
     M = operator_matrix(op, shape)
     r = op(torch.randn(5, *shape, dtype=torch.float64))
-    got = op.solve_gram(r, 0.3, 2.0).reshape(5, -1)
+    got = op.solve_gram(r, 0.3, torch.full((5,), 2.0, dtype=torch.float64)).reshape(5, -1)
     G = 0.3 * torch.eye(M.shape[0], dtype=torch.float64) + 2.0 * M @ M.T
     want = torch.linalg.solve(G, r.reshape(5, -1).T).T
     if isinstance(op, MaskOperator):  # rows of unobserved entries are zero in A; their residuals are 0

@@ -108,7 +108,7 @@ class PosteriorCovarianceGuidance(_TweedieLikelihood):
         if self.covariance == "jacobian":
             return self._jacobian_weighted(residual, alpha, sigma, x0, xg)
         d2 = self.data_std ** 2
-        r2 = (d2 * sigma ** 2 / (alpha ** 2 * d2 + sigma ** 2)).flatten()[0].item()
+        r2 = (d2 * sigma ** 2 / (alpha ** 2 * d2 + sigma ** 2)).flatten()  # per sample, (B,)
         return self.measurement.solve_gram(residual, self.measurement.noise_std ** 2, r2), 0.0
 
     def _jacobian_weighted(self, residual, alpha, sigma, x0, xg):
@@ -119,7 +119,7 @@ class PosteriorCovarianceGuidance(_TweedieLikelihood):
         aj = torch.stack(rows, 1)  # (B, M, *x), row m = (A J)_m
         ajat = self.measurement.operator(aj.flatten(0, 1).reshape(-1, *xg.shape[1:])).reshape(
             ax.shape[0], ax.shape[1], ax.shape[1])  # (A J A^T), (B, M, M)
-        scale = (sigma ** 2 / alpha).flatten()[0]
+        scale = (sigma ** 2 / alpha).flatten()[:, None, None]  # per sample
         eye = torch.eye(ax.shape[1], dtype=ax.dtype, device=ax.device)
         cov = self.measurement.noise_std ** 2 * eye + scale * 0.5 * (ajat + ajat.transpose(1, 2))
         r = residual.flatten(1)

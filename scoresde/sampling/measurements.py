@@ -1,6 +1,6 @@
 """Measurement models y = A(x_0) + n, n ~ N(0, noise_std^2 I), for inverse problems.
 
-Linear operators know (a I + b A A^T)^{-1} r (`solve_gram`), which the posterior-covariance
+Linear operators know (a I + b A A^T)^{-1} r (`solve_gram`; a a number, b one per sample), which the posterior-covariance
 guidance uses; it is exact for matrices, masks, channel means and average pooling, and for a blur it
 uses A A^T ≈ |k|^2 I (exact away from the border only for a delta kernel; stated where used). Any
 callable x -> A(x) is a nonlinear operator (A A^T taken as I).
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_callable, check_count
+from ..sdes.base import batch_view
 
 
 class MatrixOperator:
@@ -39,10 +40,10 @@ class MatrixOperator:
         return xf @ self.A.to(x).T
 
     def solve_gram(self, r, a, b):
-        """(a I + b A A^T)^{-1} r, r of shape (B, M)."""
+        """(a I + b A A^T)^{-1} r, r of shape (B, M), b of shape (B,)."""
         A = self.A.to(r)
-        G = a * torch.eye(A.shape[0], dtype=r.dtype, device=r.device) + b * (A @ A.T)
-        return torch.linalg.solve(G, r.T).T
+        G = a * torch.eye(A.shape[0], dtype=r.dtype, device=r.device) + b.to(r)[:, None, None] * (A @ A.T)
+        return torch.linalg.solve(G, r[..., None])[..., 0]
 
     def __repr__(self):
         return f"MatrixOperator(shape={tuple(self.A.shape)})"
@@ -71,7 +72,7 @@ class MaskOperator:
 
     def solve_gram(self, r, a, b):
         """A A^T = diag(mask): observed entries divide by a + b; unobserved residuals are 0 by construction."""
-        return r * self.mask.to(r) / (a + b)
+        return r * self.mask.to(r) / (a + batch_view(b.to(r), r))
 
     def __repr__(self):
         return f"MaskOperator(shape={tuple(self.mask.shape)})"
@@ -87,7 +88,7 @@ class Grayscale:
         return x.mean(1, keepdim=True)
 
     def solve_gram(self, r, a, b):
-        return r / (a + b / self.channels)
+        return r / (a + batch_view(b.to(r), r) / self.channels)
 
     def __repr__(self):
         return "Grayscale()"
@@ -106,7 +107,7 @@ class AveragePool:
         return F.avg_pool2d(x, self.factor)
 
     def solve_gram(self, r, a, b):
-        return r / (a + b / self.factor ** 2)
+        return r / (a + batch_view(b.to(r), r) / self.factor ** 2)
 
     def __repr__(self):
         return f"AveragePool({self.factor})"
@@ -137,7 +138,7 @@ class Blur:
 
     def solve_gram(self, r, a, b):
         """Approximates A A^T by |k|^2 I (its diagonal away from the border)."""
-        return r / (a + b * float(self.kernel.pow(2).sum()))
+        return r / (a + batch_view(b.to(r), r) * float(self.kernel.pow(2).sum()))
 
     def __repr__(self):
         return f"Blur({tuple(self.kernel.shape)})"
@@ -172,9 +173,9 @@ class Measurement:
         return y - ax
 
     def solve_gram(self, r, a, b):
-        """(a I + b A A^T)^{-1} r, with A A^T = I for an operator that does not say."""
+        """(a I + b A A^T)^{-1} r (b one per sample), with A A^T = I for an operator that does not say."""
         solve = getattr(self.operator, "solve_gram", None)
-        return solve(r, a, b) if solve is not None else r / (a + b)
+        return solve(r, a, b) if solve is not None else r / (a + batch_view(b.to(r), r))
 
     def __repr__(self):
         return f"Measurement({self.operator!r}, noise_std={self.noise_std})"
