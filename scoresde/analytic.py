@@ -3,6 +3,9 @@
 Data p_0(x) = sum_k w_k N(x; mu_k, s_k^2 I) pushed through any kernel x_t = alpha(t) x_0 + sigma(t) z
 stays a mixture:  p_t(x) = sum_k w_k N(x; alpha mu_k, v_k(t) I),  v_k(t) = alpha^2 s_k^2 + sigma^2,
 with score  grad log p_t(x) = sum_k r_k(x) (alpha mu_k - x) / v_k,  r_k = p(k | x_t) the responsibilities.
+
+Under a linear Gaussian measurement y = A x_0 + n, n ~ N(0, s^2 I), the posterior p(x_0 | y) is again a
+mixture (`GaussianMixture.posterior`, `MixturePosterior`): the exact target for inverse-problem solvers.
 """
 
 from __future__ import annotations
@@ -69,6 +72,26 @@ class GaussianMixture:
         z = torch.randn(n, self.dim, dtype=self.means.dtype, generator=generator)
         return self.means[k] + self.stds[k, None] * z, k
 
+    def posterior(self, A, y, noise_std: float) -> "MixturePosterior":
+        """The exact posterior p(x_0 | y) of this prior under y = A x_0 + n, n ~ N(0, noise_std^2 I).
+
+        A: (M, D) with full row rank, y: (M,). noise_std = 0 is exact conditioning on A x_0 = y (for a
+        row-selecting A, exact inpainting). See `MixturePosterior`.
+        """
+        A = _real("A", A, self.means.dtype)
+        y = _real("y", y, self.means.dtype)
+        if A.dim() != 2 or A.shape[1] != self.dim or A.shape[0] == 0:
+            raise ValueError(f"A must have shape (M, D={self.dim}) with M >= 1, got {tuple(A.shape)}")
+        if y.shape != (A.shape[0],):
+            raise ValueError(f"y must have shape (M={A.shape[0]},) to match A of shape {tuple(A.shape)}, "
+                             f"got {tuple(y.shape)}")
+        if not bool(torch.isfinite(A).all() & torch.isfinite(y).all()):
+            raise ValueError("A and y must be finite")
+        noise_std = float(noise_std)
+        if not (math.isfinite(noise_std) and noise_std >= 0):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std}")
+        return MixturePosterior(self, A, y, noise_std)
+
     def _moments(self, sde, t: torch.Tensor):
         alpha, sigma = sde.alpha(t).to(self.means.dtype), sde.sigma(t).to(self.means.dtype)
         var = alpha[:, None] ** 2 * self.stds[None] ** 2 + sigma[:, None] ** 2  # (B, K)
@@ -111,6 +134,68 @@ class GaussianMixture:
         if component is None:
             return lambda x, t: self.score(x, t, sde)
         return lambda x, t: self.component_score(x, t, sde, component)
+
+
+class MixturePosterior:
+    """p(x_0 | y) for the prior sum_k w_k N(m_k, s_k^2 I) and y = A x_0 + n, n ~ N(0, s^2 I): the mixture
+
+        sum_k w'_k N(mu_k, C_k),   w'_k  ∝  w_k N(y; A m_k, G_k),   G_k = s_k^2 A A^T + s^2 I,
+        mu_k = m_k + K_k (y - A m_k),   C_k = s_k^2 (I - K_k A),   K_k = s_k^2 A^T G_k^{-1},
+
+    Bayes' rule for each component (the Kalman update; equal to C_k = (I / s_k^2 + A^T A / s^2)^{-1},
+    mu_k = C_k (m_k / s_k^2 + A^T y / s^2) when s > 0, and valid at s = 0 where C_k is singular).
+    `sample` draws exactly by Matheron's rule: x ~ N(m_k, s_k^2 I), n ~ N(0, s^2 I) give
+    x + K_k (y - A x - n) ~ N(mu_k, C_k) (Doucet 2010; Wilson et al. 2020).
+    """
+
+    def __init__(self, prior: GaussianMixture, A: torch.Tensor, y: torch.Tensor, noise_std: float):
+        self.prior, self.A, self.y, self.noise_std = prior, A, y, noise_std
+        var = prior.stds ** 2  # (K,)
+        eye_m = torch.eye(A.shape[0], dtype=A.dtype)
+        gram = A @ A.T
+        G = var[:, None, None] * gram + noise_std ** 2 * eye_m  # (K, M, M)
+        try:
+            L = torch.linalg.cholesky(G)
+        except RuntimeError:
+            raise ValueError("A A^T is singular and noise_std = 0: A must have full row rank "
+                             "(no repeated or dependent measurements) for noise-free conditioning") from None
+        resid = y[None] - prior.means @ A.T  # (K, M)
+        white = torch.linalg.solve_triangular(L, resid[..., None], upper=False)[..., 0]
+        log_lik = (-0.5 * white.pow(2).sum(1) - torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(1)
+                   - 0.5 * A.shape[0] * math.log(2 * math.pi))
+        self.log_evidence = torch.logsumexp(torch.log(prior.weights) + log_lik, 0)  # log p(y)
+        self.weights = torch.softmax(torch.log(prior.weights) + log_lik, 0)
+        # K_k = s_k^2 A^T G_k^{-1}, (K, D, M)
+        self.gains = var[:, None, None] * torch.cholesky_solve(A.expand(len(var), -1, -1), L).transpose(1, 2)
+        self.means = prior.means + (self.gains @ resid[..., None])[..., 0]
+        eye_d = torch.eye(prior.dim, dtype=A.dtype)
+        self.covariances = var[:, None, None] * (eye_d - self.gains @ A)
+
+    @property
+    def dim(self) -> int:
+        return self.prior.dim
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """n exact draws and their component labels (Matheron's rule, see the class docstring)."""
+        n = check_count("n", n)
+        check_generator(generator)
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        x = self.prior.means[k] + self.prior.stds[k, None] * torch.randn(n, self.dim, dtype=self.A.dtype,
+                                                                        generator=generator)
+        noise = self.noise_std * torch.randn(n, self.A.shape[0], dtype=self.A.dtype, generator=generator)
+        innovation = self.y[None] - x @ self.A.T - noise
+        return x + (self.gains[k] @ innovation[..., None])[..., 0], k
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x_0 = x | y), shape (B,); needs noise_std > 0 (at 0 the posterior lives on A x = y)."""
+        if self.noise_std == 0:
+            raise ValueError("log_prob needs noise_std > 0: with noise_std = 0 the posterior has no density "
+                             "in R^D (it lives on the affine subspace A x = y)")
+        xf = x.flatten(1).to(self.A.dtype)
+        if xf.shape[1] != self.dim:
+            raise ValueError(f"x must have {self.dim} values per sample, got shape {tuple(x.shape)}")
+        comp = torch.distributions.MultivariateNormal(self.means, covariance_matrix=self.covariances)
+        return torch.logsumexp(torch.log(self.weights) + comp.log_prob(xf[:, None]), 1).to(x.dtype)
 
 
 def gaussian_score_fn(sde, mean: float, std: float):

@@ -19,6 +19,8 @@ from .calibration import CalibratedSchedule, calibrate_schedule
 from .denoise import tweedie_denoise
 from .guidance import (ClassifierFreeGuidance, ClassifierGuidance, GradientGuidance, Guidance,
                        GuidanceSum, Inpainting, split_guidance)
+from .inverse import DPS, PosteriorCovarianceGuidance
+from .measurements import AveragePool, Blur, Grayscale, MaskOperator, MatrixOperator, Measurement
 from .methods import METHODS, list_samplers, register_sampler
 from .schedules import SCHEDULES, time_grid
 
@@ -145,4 +147,6 @@ def sample(score_fn, sde, shape=None, *, method: str, steps: int | None = None, 
 
 __all__ = ["sample", "calibrate_schedule", "CalibratedSchedule", "METHODS", "register_sampler",
            "list_samplers", "SamplingInfo", "time_grid", "SCHEDULES", "tweedie_denoise", "Guidance",
-           "GuidanceSum", "ClassifierGuidance", "ClassifierFreeGuidance", "GradientGuidance", "Inpainting"]
+           "GuidanceSum", "ClassifierGuidance", "ClassifierFreeGuidance", "GradientGuidance", "Inpainting",
+           "Measurement", "MatrixOperator", "MaskOperator", "Grayscale", "AveragePool", "Blur", "DPS",
+           "PosteriorCovarianceGuidance"]

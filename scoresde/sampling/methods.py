@@ -17,6 +17,7 @@ from .edm import edm
 from .exponential import ddim, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, dpmpp_3m_sde, unipc
 from .langevin import annealed_langevin, pc
 from .ode import ode
+from .repaint import repaint
 from .sde_solvers import ancestral, euler_maruyama, reverse_diffusion
 from .sde_torchsde import torchsde_method
 
@@ -24,7 +25,7 @@ METHODS = Registry("sampler", "scoresde.samplers", builtins={
     "euler_maruyama": euler_maruyama, "reverse_diffusion": reverse_diffusion, "ancestral": ancestral,
     "torchsde": torchsde_method, "pc": pc, "annealed_langevin": annealed_langevin,
     "ode": ode, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m, "unipc": unipc,
-    "dpmpp_2m_sde": dpmpp_2m_sde, "dpmpp_3m_sde": dpmpp_3m_sde, "edm": edm,
+    "dpmpp_2m_sde": dpmpp_2m_sde, "dpmpp_3m_sde": dpmpp_3m_sde, "edm": edm, "repaint": repaint,
 })
 
 
