@@ -7,6 +7,9 @@ range, and every error names the field in the user's terms (`ConfigError`, one l
 The `[sde]` and `[model]` tables hold, besides their fixed fields, the keyword arguments of the
 named SDE / network constructor (e.g. `beta_max`, `hidden`); those are checked against the
 constructor's signature when the run is built, so a plugin's own parameters work the same way.
+The `[loss]` table likewise holds the keyword arguments of the loss named by `train.loss` (its own
+hyperparameters, e.g. a plugin loss's `p_mean`); the options every loss may share (weighting,
+t_sampling, eps, p_uncond) stay train.* fields.
 """
 
 from __future__ import annotations
@@ -67,6 +70,11 @@ class ModelConfig:
 
 
 @dataclass
+class LossConfig:
+    params: dict = field(default_factory=dict)  # keyword arguments of the loss train.loss, written flat in [loss]
+
+
+@dataclass
 class TrainConfig:
     steps: int = 6000
     batch_size: int = 512
@@ -122,6 +130,7 @@ class Config:
     sde: SDEConfig = field(default_factory=SDEConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -230,6 +239,8 @@ def load_config(path=None, overrides=()) -> Config:
         for section in ("model", "sde"):
             if "name" in table.get(section, {}):
                 getattr(cfg, section).params = {}
+        if "loss" in table.get("train", {}):
+            cfg.loss.params = {}
         _merge(cfg, table, "")
     apply_overrides(cfg, overrides)
     validate(cfg)
@@ -247,8 +258,9 @@ def parse_value(text: str):
 def apply_overrides(cfg: Config, overrides) -> Config:
     """Apply `a.b=value` strings in place (a.b names a field, or a constructor argument of [sde]/[model]).
 
-    `sde.name` / `model.name` are applied first; changing them drops the previous constructor
-    arguments, so `model.name=unet model.ch=32` means a U-Net with ch=32 and its other defaults.
+    `sde.name` / `model.name` / `train.loss` are applied first; changing them drops the previous
+    constructor (loss) arguments, so `model.name=unet model.ch=32` means a U-Net with ch=32 and its
+    other defaults.
     """
     if not isinstance(cfg, Config):
         raise TypeError(f"apply_overrides needs a Config (from load_config), got {type(cfg).__name__}")
@@ -257,7 +269,7 @@ def apply_overrides(cfg: Config, overrides) -> Config:
     for item in overrides:
         if not isinstance(item, str):
             raise TypeError(f"each override must be a 'section.field=value' string, got {item!r}")
-    names = [o for o in overrides if o.partition("=")[0].strip() in ("sde.name", "model.name")]
+    names = [o for o in overrides if o.partition("=")[0].strip() in ("sde.name", "model.name", "train.loss")]
     for item in names + [o for o in overrides if o not in names]:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -278,6 +290,8 @@ def apply_overrides(cfg: Config, overrides) -> Config:
             value = text.strip()          # data.root=2024 means the string "2024"
         if leaf == "name" and hasattr(obj, "params") and value != obj.name:
             obj.params = {}
+        if obj is cfg.train and leaf == "loss" and value != obj.loss:
+            cfg.loss.params = {}
         _merge(obj, {leaf: value}, walked)
     return cfg
 
@@ -357,26 +371,63 @@ def _known(path: str, name: str, known) -> None:
 
 
 DATA_ARGS = ("dim", "in_channels", "image_size", "num_classes")  # network arguments taken from the data
+# arguments of a loss that no [loss] table sets: the call's own, the data's quantization, and the
+# options shared by the losses, which are train.* fields
+LOSS_CALL_ARGS = ("model", "sde", "x0", "y", "generator", "reduce")
+LOSS_DATA_ARGS = ("levels", "data_range")
+LOSS_TRAIN_OPTIONS = {"weighting": "sigma2", "t_sampling": "auto", "eps": 1e-5, "p_uncond": 0.0}
 
 
-def _check_params(section: str, name: str, factory, params: dict, reserved=()) -> None:
-    """Every key of params must be a keyword of factory's signature (and not one set from the data)."""
+def _check_params(section: str, name: str, factory, params: dict, reserved: dict | None = None) -> dict:
+    """params checked against factory's keyword arguments (none of the `reserved` ones: name -> where it
+    is set) and converted to the types of their plain defaults."""
     import inspect
 
+    reserved = reserved or {}
     sig = inspect.signature(factory).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
-        return
+        return dict(params)
     allowed = [k for k in sig if k not in reserved and k != "self"]
+    fixed = [k for k in _fields(getattr(Config(), section)) if k != "params"]
+    out = {}
     for key, value in params.items():
         if key in reserved:
-            raise ConfigError(f"{section}.{key} is set from the data set; remove it from the config")
+            raise ConfigError(f"{section}.{key} is {reserved[key]}; remove it from the config")
         if key not in allowed:
             raise ConfigError(f"unknown config key {section + '.' + key!r}{_suggest(key, allowed)} "
-                              f"(fields: {', '.join(_fields(getattr(Config(), section)))}; "
-                              f"arguments of {section} {name!r}: {', '.join(allowed)})")
+                              + (f"(fields: {', '.join(fixed)}; " if fixed else "(")
+                              + f"arguments of {section} {name!r}: {', '.join(allowed) or 'none'})")
         default = sig[key].default  # a plain default states the argument's type
-        if type(default) in (bool, int, float, str):
-            _coerce(f"{section}.{key}", type(default), value)
+        out[key] = _coerce(f"{section}.{key}", type(default), value) if type(default) in (bool, int, float, str) \
+            else value
+    return out
+
+
+def loss_kwargs(cfg: Config, **data) -> dict:
+    """Keyword arguments for the loss train.loss: the train.* options it accepts (the others must keep
+    their defaults), its `[loss]` table, and those of `data` (LOSS_DATA_ARGS: the data's quantization)
+    it takes. ConfigError names a bad option and what is allowed."""
+    import inspect
+
+    from .losses import LOSSES
+
+    t = cfg.train
+    fn = LOSSES.get(t.loss)
+    accepted = inspect.signature(fn).parameters
+    kwargs = {}
+    for key, default in LOSS_TRAIN_OPTIONS.items():
+        value = getattr(t, key)
+        if key in accepted:
+            kwargs[key] = None if (key, value) == ("t_sampling", "auto") else value
+        elif value != default:
+            raise ConfigError(f"train.{key}={value!r} does not apply to train.loss={t.loss!r} "
+                              f"(its arguments: {', '.join(k for k in accepted if k not in LOSS_CALL_ARGS)})")
+    reserved = {**{k: "an argument of every loss call" for k in LOSS_CALL_ARGS},
+                **{k: "set from the data set" for k in LOSS_DATA_ARGS},
+                **{k: f"the field train.{k}" for k in LOSS_TRAIN_OPTIONS}}
+    kwargs.update(_check_params("loss", t.loss, fn, cfg.loss.params, reserved))
+    kwargs.update({k: v for k, v in data.items() if k in LOSS_DATA_ARGS and k in accepted})
+    return kwargs
 
 
 def validate(cfg: Config) -> Config:
@@ -384,7 +435,7 @@ def validate(cfg: Config) -> Config:
     import torch
 
     from .data import list_datasets
-    from .losses import LOSSES, T_SAMPLINGS, WEIGHTINGS
+    from .losses import T_SAMPLINGS, WEIGHTINGS, list_losses
     from .models import MODELS, PARAMETRIZATIONS
     from .sampling import list_samplers
     from .sdes import SDES, list_sdes
@@ -412,7 +463,8 @@ def validate(cfg: Config) -> Config:
         _positive(f"train.{name}", getattr(t, name))
     _count("train.batch_size", t.batch_size)
     _seed("train.seed", t.seed)
-    _known("train.loss", t.loss, LOSSES)
+    _known("train.loss", t.loss, list_losses())
+    loss_kwargs(cfg)
     if t.loss == "vdm" and not hasattr(sde, "gamma_and_derivative"):
         raise ConfigError(f"train.loss='vdm' needs an SDE with a learned schedule (sde.name='learned'), "
                           f"got sde.name={cfg.sde.name!r}")
@@ -420,7 +472,8 @@ def validate(cfg: Config) -> Config:
     if t.t_sampling != "auto":
         _known("train.t_sampling", t.t_sampling, T_SAMPLINGS)
     _known("model.name", cfg.model.name, MODELS.names())
-    _check_params("model", cfg.model.name, MODELS.get(cfg.model.name), cfg.model.params, DATA_ARGS)
+    _check_params("model", cfg.model.name, MODELS.get(cfg.model.name), cfg.model.params,
+                  {k: "set from the data set" for k in DATA_ARGS})
     _known("model.parametrization", cfg.model.parametrization, PARAMETRIZATIONS)
     _positive("train.warmup", t.warmup, allow_zero=True)
     _positive("train.micro_batch", t.micro_batch, allow_zero=True)

@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import csv
 import difflib
-import inspect
 import json
 import os
 import random
@@ -53,7 +52,7 @@ from . import distributed
 from .checkpoint import CheckpointError, config_differences, list_checkpoints, load_run_checkpoint, recover, \
     save_checkpoint, set_aside_newer, state_differences
 from .config import Config, ConfigError, apply_overrides, check_batch_values, config_from_dict, config_to_dict, \
-    load_config, save_config, validate
+    load_config, loss_kwargs, save_config, validate
 from .data import BatchStream
 from .evaluation import evaluate_run
 from .run import DataSpec, build_dataset, build_score_model, build_sde
@@ -135,19 +134,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def loss_options(cfg: Config, loss_fn) -> dict:
-    """The train.* options the chosen loss accepts (e.g. ddpm has no weighting); others must be default."""
-    t = cfg.train
-    wanted = {"weighting": t.weighting, "t_sampling": None if t.t_sampling == "auto" else t.t_sampling,
-              "eps": t.eps, "p_uncond": t.p_uncond}
-    defaults = {"weighting": "sigma2", "t_sampling": None, "eps": 1e-5, "p_uncond": 0.0}
-    params = inspect.signature(loss_fn).parameters
-    for k, v in wanted.items():
-        if k not in params and v != defaults[k]:
-            raise ConfigError(f"train.{k}={v!r} does not apply to train.loss={t.loss!r}")
-    return {k: v for k, v in wanted.items() if k in params}
-
-
 class Trainer:
     """Model, EMA, optimizer, scheduler and the data/noise streams of one run; `step()` is one update.
 
@@ -207,11 +193,9 @@ class Trainer:
                 raise ConfigError(f"train.compile={t.compile!r} is unknown{hint} (known: {', '.join(known)})")
             self.forward = torch.compile(self.forward, backend=t.compile)
             self.compile_errors = BackendCompilerFailed
-        self.loss_fn = LOSSES[t.loss]
-        self.loss_kwargs = loss_options(cfg, self.loss_fn)
-        if "levels" in inspect.signature(self.loss_fn).parameters:
-            # a bound in bits/dim (vdm) needs the data's quantization; scoresde.data maps it to [-1, 1]
-            self.loss_kwargs.update(levels=getattr(self.dataset, "levels", None), data_range=(-1.0, 1.0))
+        self.loss_fn = LOSSES.get(t.loss)
+        # a bound in bits/dim (vdm) takes the data's quantization; scoresde.data maps it to [-1, 1]
+        self.loss_kwargs = loss_kwargs(cfg, levels=getattr(self.dataset, "levels", None), data_range=(-1.0, 1.0))
         # an SDE with parameters (a learned schedule) is a submodule of the ScoreModel: its parameters
         # are optimised, averaged by the EMA and checkpointed with the network's
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, foreach=True)

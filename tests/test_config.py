@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import scoresde
+
 from scoresde.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,3 +145,59 @@ def test_values_that_would_fail_later_are_refused_up_front(override, match):
                                       "train.loss=vdm sde.name=learned"])
 def test_values_at_the_bounds_are_accepted(override):
     load_config(None, override.split())
+
+
+# -- the loss registry and the [loss] table ------------------------------------------------------
+def scaled_dsm(model, sde, x0, y=None, *, scale: float = 1.0, p_uncond: float = 0.0, generator=None, reduce=True):
+    """dsm's loss times `scale`: a loss with a hyperparameter of its own, registered in-process."""
+    from scoresde.losses import dsm_loss
+    return scale * dsm_loss(model, sde, x0, y, p_uncond=p_uncond, generator=generator, reduce=reduce)
+
+
+@pytest.fixture
+def scaled_loss(monkeypatch):
+    from scoresde.losses import LOSSES
+    monkeypatch.setattr(LOSSES, "_items", dict(LOSSES._items))  # the registration ends with the test
+    scoresde.register_loss("scaled")(scaled_dsm)
+    return "scaled"
+
+
+def test_a_registered_loss_gets_its_hyperparameters_from_the_loss_table(scaled_loss, tmp_path):
+    from scoresde.config import loss_kwargs
+    assert "scaled" in scoresde.list_losses()
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\nloss = "scaled"\np_uncond = 0.1\n[model]\nclass_cond = true\n[loss]\nscale = 3\n')
+    cfg = load_config(path)
+    kwargs = loss_kwargs(cfg, levels=256, data_range=(-1.0, 1.0))  # scaled takes no levels
+    assert kwargs == {"p_uncond": 0.1, "scale": 3.0} and type(kwargs["scale"]) is float
+    assert load_config(path, ["loss.scale=0.5"]).loss.params == {"scale": 0.5}
+    assert load_config(path, ["train.loss=dsm", "train.p_uncond=0"]).loss.params == {}  # another loss: its own defaults
+    save_config(cfg, tmp_path / "saved.toml")
+    assert load_config(tmp_path / "saved.toml").loss.params == {"scale": 3.0}
+
+
+def test_existing_configs_keep_their_loss_options():
+    from scoresde.config import loss_kwargs
+    cfg = load_config(None, ["train.weighting=likelihood", "train.eps=1e-4"])
+    assert loss_kwargs(cfg) == {"weighting": "likelihood", "t_sampling": None, "eps": 1e-4, "p_uncond": 0.0}
+    assert config_from_dict(config_to_dict(cfg)).loss.params == {}
+    assert loss_kwargs(load_config(None, ["train.loss=ddpm"])) == {"p_uncond": 0.0}
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["train.loss=dsn"], r"train.loss='dsn' is unknown; did you mean 'dsm'\? \(known: ddpm, dsm, .*scaled"),
+    (["loss.scal=2"], r"unknown config key 'loss.scal'; did you mean 'scale'\? \(arguments of loss 'scaled': scale\)"),
+    (["loss.scale=big"], r"loss.scale='big' is not allowed: it must be of type float"),
+    (["loss.weighting=likelihood"], r"loss.weighting is the field train.weighting; remove it"),
+    (["loss.reduce=false"], r"loss.reduce is an argument of every loss call"),
+    (["train.weighting=likelihood"], r"train.weighting='likelihood' does not apply to train.loss='scaled' "
+                                     r"\(its arguments: scale, p_uncond\)"),
+])
+def test_bad_loss_settings_name_the_key_and_the_allowed_ones(scaled_loss, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, ["train.loss=scaled", *overrides])
+
+
+def test_dsm_refuses_loss_parameters_it_does_not_have():
+    with pytest.raises(ConfigError, match=r"unknown config key 'loss.p_mean' \(arguments of loss 'dsm': none\)"):
+        load_config(None, ["loss.p_mean=-1.2"])

@@ -248,7 +248,7 @@ def test_bad_data_shape_is_a_value_error():
         dsm_loss(ScoreModel(ScoreMLP(2), VPSDE()), VPSDE(), torch.ones(4, 2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"shape \(batch, 2\)"):
         dsm_loss(ScoreModel(ScoreMLP(2), VPSDE()), VPSDE(), torch.randn(4, 3))
-    assert set(LOSSES) >= {"dsm", "ddpm", "smld"}
+    assert set(LOSSES.names()) >= {"dsm", "ddpm", "smld"}
 
 
 @pytest.mark.parametrize("sde,parametrization", [(VPSDE(), "eps"), (VESDE(), "x0")], ids=["VP-eps", "VE-x0"])

@@ -50,8 +50,10 @@ def drop_labels(y: torch.Tensor | None, p_uncond: float, num_classes: int | None
     return torch.where(drop, torch.full_like(y, num_classes), y)
 
 
-def _weighted_error(model, x0, noise, alpha, sigma, t, y, weight):
-    """weight(t) * ||eps_hat - eps||^2 per sample, computed in the model's parametrization."""
+def weighted_error(model, x0, noise, alpha, sigma, t, y, weight):
+    """weight * ||eps_hat - eps||^2 per sample at x_t = alpha x0 + sigma noise, computed in the model's
+    parametrization (so a loss on another scale, e.g. ||x0_hat - x0||^2 = (sigma/alpha)^2 ||eps_hat - eps||^2,
+    is a weight)."""
     x_t = batch_view(alpha, x0) * x0 + batch_view(sigma, x0) * noise
     pred = model(x_t, t, y)
     residual = pred - target(model.parametrization, x0, noise, alpha, sigma)
@@ -79,7 +81,7 @@ def dsm_loss(model, sde, x0: torch.Tensor, y: torch.Tensor | None = None, *, wei
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     alpha, sigma = sde.alpha(t), sde.sigma(t)
     weight = loss_weight(weighting, sde, t) / sigma ** 2 * q
-    return _reduce(_weighted_error(model, x0, noise, alpha, sigma, t, y, weight), reduce)
+    return _reduce(weighted_error(model, x0, noise, alpha, sigma, t, y, weight), reduce)
 
 
 def chain_marginals(sde, dtype=torch.float64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +105,7 @@ def _chain_loss(model, sde, x0, y, p_uncond, generator, factor):
     alpha, sigma = sde.alpha(t), sde.sigma(t)  # the continuous kernel with the chain's SNR
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     weight = torch.full_like(t, factor)  # lambda = sigma^2: lambda / sigma^2 = 1
-    return _weighted_error(model, x0, noise, alpha, sigma, t, y, weight)
+    return weighted_error(model, x0, noise, alpha, sigma, t, y, weight)
 
 
 def ddpm_loss(model, sde, x0: torch.Tensor, y: torch.Tensor | None = None, *, p_uncond: float = 0.0,
