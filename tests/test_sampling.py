@@ -97,6 +97,7 @@ CASES = [
     ("dpmpp_3m", 30, {"schedule": "karras"}),
     ("unipc", 30, {}),
     ("unipc", 30, {"order": 2, "schedule": "karras", "lower_order_final": True}),
+    ("repaint", 500, {"resample": 2}),  # without inpainting: an ancestral sampler redoing each step
 ]
 
 
