@@ -115,3 +115,13 @@ def test_loss_figure_reads_metrics_csv(tmp_path, saved_figures):
     assert list(loss_ax.lines[0].get_xdata()) == [10, 20, 30]
     assert list(grad_ax.lines[0].get_ydata()) == [1.0, 0.5, 0.25]
     assert loss_ax.get_yscale() == "log" and (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_sample_cli_checks_its_extra_before_loading(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    from scoresde.sample import main as sample_main
+
+    with pytest.raises(SystemExit) as exit_:  # the checkpoint does not exist: the extra is checked first
+        sample_main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "needs PIL, which is not installed" in err and '".[train]"' in err
