@@ -173,11 +173,12 @@ def classifier_fd(values: torch.Tensor, net, spec: DataSpec, train, test) -> dic
 
 
 def heldout_bits_per_dim(model, heldout, n: int, device="cpu", progress: bool = False,
-                         chunk: int = 32) -> float | None:
+                         chunk: int = 8) -> float | None:
     """Mean bits/dim of the first n held-out images (one dequantization draw per image) via the
     probability-flow likelihood of `model` (a ScoreModel with its SDE); None without torchdiffeq.
     The images go through the ODE `chunk` at a time, with a progress bar over them when `progress`
-    (each image's error is controlled on its own, so chunking changes a result only within tolerance)."""
+    (each image's error is controlled on its own, so chunking changes a result only within tolerance:
+    16 digits in chunks of 4 and of 16 agree to 1e-7 relative)."""
     from tqdm import tqdm
 
     try:
