@@ -612,8 +612,8 @@ def run(cfg: Config, run_dir: Path, resume: dict | None = None, progress: bool =
     if not trainer.world.main:
         return None
     step = trainer.step_count
-    loss_figure(run_dir / "metrics.csv", run_dir / "loss.png", title=f"{cfg.name}: training loss, steps 1..{step}")
     with exit_on_signals(f"stopped the end-of-run evaluation; the checkpoint of step {step} is saved in {run_dir}"):
+        loss_figure(run_dir / "metrics.csv", run_dir / "loss.png", title=f"{cfg.name}: training loss, steps 1..{step}")
         try:
             metrics, parts = evaluate_run(cfg, trainer.ema.module, trainer.dataset, run_dir, trainer.device,
                                           progress)
