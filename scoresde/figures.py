@@ -80,7 +80,7 @@ def loss_figure(metrics_csv, path, title: str = "") -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
     for ax, key in zip(axes, ("loss", "grad_norm")):
         values = np.array([float(r[key]) for r in rows])
-        ax.plot(step, values, lw=1)
+        ax.plot(step, values, lw=1, marker=".", ms=3)  # markers: a short run may have one row
         finite = values[np.isfinite(values)]
         if finite.size and (finite > 0).all():
             ax.set_yscale("log")
