@@ -45,6 +45,7 @@ from . import distributed
 from ._checks import check_device
 from .checkpoint import CheckpointError
 from .config import MAX_COUNT, MAX_SEED, ConfigError, check_batch_values
+from .extras import MissingExtraError, require
 from .interop.export import load_saved
 from .run import build_dataset
 from .sampling import METHODS, ClassifierFreeGuidance, calibrate_schedule, list_samplers, sample
@@ -157,6 +158,8 @@ def _sample_share(args: argparse.Namespace, device: torch.device, world: distrib
     """Sample this process's chunks (all of them in one process) and write them; the output path."""
     try:
         check_args(args)
+        # before sampling: the figure needs them (scatter plot: matplotlib; image grid: Pillow)
+        require(("matplotlib", "PIL"), "train", "python -m scoresde.sample (its figure)")
         try:
             options = json.loads(args.options)
         except json.JSONDecodeError as e:
@@ -194,7 +197,7 @@ def _sample_share(args: argparse.Namespace, device: torch.device, world: distrib
         x = draw(lambda chunk: score, model.sde, spec.event_shape, indices, method=args.method, steps=args.steps,
                  eps=args.eps, seed=args.seed, batch_size=args.batch_size or args.n, guidance=guidance,
                  options=options, device=device, progress=not args.no_progress)
-    except (CheckpointError, ConfigError, ValueError, TypeError) as e:
+    except (CheckpointError, ConfigError, ValueError, TypeError, MissingExtraError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     out = Path(args.out)

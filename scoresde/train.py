@@ -9,7 +9,8 @@ weights (Song et al. 2021, App. D). All training randomness comes from two torch
 order, toy draws and dequantization, on the CPU; noise: t, eps and label dropout, on the device)
 whose states are checkpointed with the model, EMA, optimizer, scheduler and the global RNGs, so
 `--resume` continues bitwise-exactly on the CPU. The run directory holds config.toml,
-metrics.csv, TensorBoard events (tb/), ckpt_*.pt, samples.png and summary.json.
+metrics.csv, TensorBoard events (tb/: the training scalars, then the samples figure and the final
+metrics), ckpt_*.pt, loss.png, samples.png and summary.json.
 
     torchrun --nproc_per_node=2 -m scoresde.train --config ...     # DistributedDataParallel
 
@@ -55,6 +56,8 @@ from .config import Config, ConfigError, apply_overrides, check_batch_values, co
     load_config, loss_kwargs, save_config, validate
 from .data import BatchStream
 from .evaluation import evaluate_run
+from .extras import MissingExtraError, require
+from .figures import loss_figure
 from .run import DataSpec, build_dataset, build_score_model, build_sde
 from .rundir import RunDirError, RunLock, check_fresh, check_is_dir
 
@@ -418,6 +421,25 @@ class MetricsLog:
             self._tb.close()
 
 
+def tensorboard_summary(run_dir: Path, step: int, metrics: dict, figure: Path) -> None:
+    """Add the end-of-run results to the run's TensorBoard events (tb/): the samples figure (an
+    image grid or the scatter plot) as image `samples` and each numeric metric as scalar `eval/<name>`,
+    at the final step. Without tensorboard installed MetricsLog has already said so: nothing to do."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return
+    from PIL import Image
+
+    with SummaryWriter(str(run_dir / "tb")) as tb:
+        if figure.is_file():
+            with Image.open(figure) as im:
+                tb.add_image("samples", np.asarray(im.convert("RGB")), step, dataformats="HWC")
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "step":
+                tb.add_scalar(f"eval/{name}", value, step)
+
+
 @contextlib.contextmanager
 def stop_on_signals(trainer: Trainer):
     """While active, SIGTERM and SIGINT ask `trainer` to stop after its current step (train_loop then
@@ -575,8 +597,10 @@ def run(cfg: Config, run_dir: Path, resume: dict | None = None, progress: bool =
         return None
     step = trainer.step_count
     with exit_on_signals(f"stopped the end-of-run evaluation; the checkpoint of step {step} is saved in {run_dir}"):
+        loss_figure(run_dir / "metrics.csv", run_dir / "loss.png", title=f"{cfg.name}: training loss, steps 1..{step}")
         try:
-            metrics, parts = evaluate_run(cfg, trainer.ema.module, trainer.dataset, run_dir, trainer.device)
+            metrics, parts = evaluate_run(cfg, trainer.ema.module, trainer.dataset, run_dir, trainer.device,
+                                          progress)
         except (ValueError, FloatingPointError) as e:  # e.g. a model trained at train.lr=1e30 overflows
             raise EvaluationError(f"training reached step {step} and its checkpoint is saved in {run_dir}, but the "
                                   f"end-of-run evaluation failed: {e}") from None
@@ -591,6 +615,8 @@ def run(cfg: Config, run_dir: Path, resume: dict | None = None, progress: bool =
         result = {"step": step, "train_seconds": seconds, **metrics, "ema_initial_weight": ema.initial_weight,
                   "summary": summary}
         (run_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+        if cfg.train.tensorboard:
+            tensorboard_summary(run_dir, step, result, run_dir / "samples.png")
     return RunResult(run_dir, step, seconds, metrics, summary)
 
 
@@ -659,12 +685,14 @@ def main(argv=None) -> RunResult | None:
     """The CLI; under torchrun every process runs it (scoresde.distributed) and rank 0 prints the summary.
 
     Exit status: 0 done; 1 failed while running (non-finite training, disk full, an I/O error);
-    2 a bad argument, config, checkpoint or run directory (nothing was trained); 130 / 143 stopped
-    by SIGINT / SIGTERM.
+    2 a bad argument, config, checkpoint or run directory, or a missing extra (nothing was
+    trained); 130 / 143 stopped by SIGINT / SIGTERM.
     """
     args = parse_args(argv)
     main_rank = _launch_rank() == 0  # rank 0 alone locks, recovers and writes
     try:
+        # before any work: the end-of-run figures need them (a run must not train, then crash)
+        require(("matplotlib", "PIL"), "train", "python -m scoresde.train (its loss.png and samples.png)")
         cfg = None if args.resume else load_config(args.config, args.overrides)
         run_dir = run_directory(args, cfg)
         lock = RunLock(run_dir, " ".join(["python -m scoresde.train", *sys.argv[1:]])) if main_rank \
@@ -679,7 +707,7 @@ def main(argv=None) -> RunResult | None:
                     if step != int(state["step"]):
                         state = load_run_checkpoint(Path(args.resume) / f"ckpt_{step:08d}.pt")[1]
                 result = run(cfg, run_dir, state, progress=not args.no_progress and world.main)
-    except (ConfigError, CheckpointError, RunDirError) as e:
+    except (ConfigError, CheckpointError, RunDirError, MissingExtraError) as e:
         _fail(f"error: {e}", 2)
     except (NonFiniteError, EvaluationError) as e:
         _fail(f"error: {e}", 1)
