@@ -30,13 +30,7 @@ def scatter_figure(samples: torch.Tensor, data: torch.Tensor, path, title: str =
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def image_grid(values: torch.Tensor, levels: int, path, nrow: int | None = None, scale: int = 1,
@@ -86,6 +80,13 @@ def loss_figure(metrics_csv, path, title: str = "") -> Path:
             ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(key)
+    return _save(fig, path, title)
+
+
+def _save(fig, path, title: str) -> Path:
+    """Title, lay out, write at 120 dpi and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
