@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from . import distributed
+from ._checks import check_device
 from .checkpoint import CheckpointError, config_differences, list_checkpoints, load_run_checkpoint, recover, \
     save_checkpoint, set_aside_newer, state_differences
 from .config import Config, ConfigError, apply_overrides, check_batch_values, config_from_dict, config_to_dict, \
@@ -67,9 +68,10 @@ def select_device(name: str, world: distributed.World | None = None) -> torch.de
     world = world or distributed.current()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r}: CUDA is not available on this machine (use 'auto' or 'cpu')")
+    try:
+        device = check_device("train.device", name)
+    except ValueError as e:
+        raise ConfigError(f"{e}; or use 'auto'") from None
     if device.type == "cuda" and world.distributed:
         if device.index is not None:
             raise ConfigError(f"train.device={name!r}: under torchrun each process uses cuda:LOCAL_RANK; "
