@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "experiments" / "configs" / "fashion_mnist.toml"
 RECIPES = {"x0": [], "eps": ["model.parametrization=eps", "train.t_sampling=uniform"]}
 QUICK = {"steps": 6, "batch": 8, "n": 16, "nfe": [10], "classifier_epochs": 1, "calibrate": 4, "reference_n": 32}
-FULL = {"steps": None, "batch": None, "n": 1000, "nfe": [10, 20, 50], "classifier_epochs": 3, "calibrate": 32,
+FULL = {"n": 1000, "nfe": [10, 20, 50], "classifier_epochs": 3, "calibrate": 32,
         "reference_n": 2000}
 CALIBRATED_NFE = (10, 20)
 # diffusers' schedulers as configured by from_config(DDPMScheduler's config), and with the dynamic
@@ -83,6 +83,18 @@ def scoresde_config() -> dict:
             "attn_resolutions": list(m["attn_resolutions"]), "dropout": m["dropout"], "steps": t.steps,
             "batch": t.batch_size, "lr": t.lr, "warmup": t.warmup, "grad_clip": t.grad_clip,
             "ema_decay": t.ema_decay, "ckpt_every": t.ckpt_every, "seed": t.seed}
+
+
+def mode(args) -> dict:
+    """The sizes of the sampling and scoring parts: QUICK or FULL."""
+    return QUICK if args.quick else FULL
+
+
+def ddpm_scheduler():
+    """diffusers' training noise schedule (DDPM's 1000 linear betas); its config builds the samplers."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
 
 
 def budget(args) -> dict:
@@ -133,7 +145,6 @@ def diffusers_unet(b: dict):
 
 def train_diffusers(args) -> None:
     """diffusers' train_unconditional loop on uint8 images scaled to [-1, 1], checkpointed atomically."""
-    from diffusers import DDPMScheduler
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
 
@@ -152,7 +163,7 @@ def train_diffusers(args) -> None:
     ema = EMAModel(model.parameters(), decay=b["ema_decay"], use_ema_warmup=True, inv_gamma=1.0, power=0.75)
     opt = torch.optim.AdamW(model.parameters(), lr=b["lr"], betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
     lr_sched = get_cosine_schedule_with_warmup(opt, b["warmup"], b["steps"])
-    noise = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    noise = ddpm_scheduler()
     gen = torch.Generator().manual_seed(b["seed"])
     step, seconds = 0, 0.0
     if ckpt.is_file():
@@ -221,14 +232,14 @@ def train_classifier(args) -> None:
         log(f"{path} is trained")
         return
     torch.set_num_threads(args.threads)
-    mode = QUICK if args.quick else FULL
+    sizes = mode(args)
     torch.manual_seed(0)
     x, y = fashion_mnist("train")
     xt, yt = fashion_mnist("test")
     net = FashionClassifier()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     n = 2048 if args.quick else len(x)
-    for epoch in range(mode["classifier_epochs"]):
+    for epoch in range(sizes["classifier_epochs"]):
         for idx in torch.randperm(n).split(128):
             loss = F.cross_entropy(net(x[idx]), y[idx])
             opt.zero_grad()
@@ -236,7 +247,7 @@ def train_classifier(args) -> None:
             opt.step()
     with torch.no_grad():
         acc = float(torch.cat([net(part).argmax(1) for part in xt.split(1000)]).eq(yt).float().mean())
-    log(f"classifier: test accuracy {acc:.4f} after {mode['classifier_epochs']} epochs")
+    log(f"classifier: test accuracy {acc:.4f} after {sizes['classifier_epochs']} epochs")
     torch.save({"model": net.state_dict(), "test_accuracy": acc}, path)
 
 
@@ -251,22 +262,19 @@ def load_classifier(work: Path) -> FashionClassifier:
 
 def rows(args) -> list[dict]:
     """Every sample set: side, run, sampler, NFE, grid."""
-    mode = QUICK if args.quick else FULL
+    sizes = mode(args)
     out = []
     for recipe in RECIPES:
         if not (args.work / f"scoresde_{recipe}" / "summary.json").is_file():
             continue
-        for nfe in mode["nfe"]:
-            if recipe != "x0" and nfe not in CALIBRATED_NFE:
-                continue  # the alternative recipe is compared at the low NFE only
-            for method in ("dpmpp_2m", "unipc") if recipe == "x0" else ("dpmpp_2m",):
-                out.append({"side": "scoresde", "run": f"scoresde_{recipe}", "sampler": method, "nfe": nfe,
-                            "grid": "default"})
-                if recipe == "x0" and nfe in CALIBRATED_NFE:
-                    out.append({"side": "scoresde", "run": f"scoresde_{recipe}", "sampler": method, "nfe": nfe,
-                                "grid": "calibrated"})
+        best = recipe == "x0"  # the alternative recipe is compared at the low NFE, one sampler, default grid
+        for nfe in sizes["nfe"] if best else [k for k in sizes["nfe"] if k in CALIBRATED_NFE]:
+            grids = ("default", "calibrated") if best and nfe in CALIBRATED_NFE else ("default",)
+            for method in ("dpmpp_2m", "unipc") if best else ("dpmpp_2m",):
+                out.extend({"side": "scoresde", "run": f"scoresde_{recipe}", "sampler": method, "nfe": nfe,
+                            "grid": grid} for grid in grids)
     if (args.work / "diffusers" / "summary.json").is_file():
-        for nfe in mode["nfe"]:
+        for nfe in sizes["nfe"]:
             for sched in DIFFUSERS_SAMPLERS:
                 out.append({"side": "diffusers", "run": "diffusers", "sampler": sched, "nfe": nfe,
                             "grid": "default"})
@@ -277,7 +285,7 @@ def rows(args) -> list[dict]:
 
 def sample_all(args) -> None:
     torch.set_num_threads(args.threads)
-    n = (QUICK if args.quick else FULL)["n"]
+    n = mode(args)["n"]
     folder = args.work / "samples"
     folder.mkdir(exist_ok=True)
     for r in rows(args):
@@ -299,7 +307,7 @@ def sample_scoresde(args, r: dict, n: int, folder: Path) -> None:
     argv = ["--checkpoint", str(args.work / r["run"]), "--method", r["sampler"], "--steps", str(r["nfe"]),
             "--n", str(n), "--batch-size", "250", "--out", str(folder / f"{r['name']}.png"), "--no-progress"]
     if r["grid"] == "calibrated":
-        draws = (QUICK if args.quick else FULL)["calibrate"]
+        draws = mode(args)["calibrate"]
         argv += ["--calibrate", str(draws), "--calibrate-iterations", "4" if args.quick else "100",
                  "--calibrate-batch", str(max(2, draws // 4))]
     cli.main(argv)
@@ -331,7 +339,7 @@ def diffusers_draw(model, sampler: str, nfe: int, n: int, gen: torch.Generator) 
     """n uint8 images from `sampler` ("Scheduler" or "Scheduler+option") at nfe evaluations."""
     import diffusers
 
-    config = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").config
+    config = ddpm_scheduler().config
     name, _, option = sampler.partition("+")
     sched = getattr(diffusers, name).from_config(config, **({option: True} if option else {}))
     sched.set_timesteps(nfe)
@@ -379,13 +387,13 @@ def score_all(args) -> None:
     from scoresde.metrics import frechet_distance
 
     torch.set_num_threads(args.threads)
-    mode = QUICK if args.quick else FULL
+    sizes = mode(args)
     scores_path = args.work / "scores.json"
     scores = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
     net = load_classifier(args.work)
     test, _ = fashion_mnist("test")
     train, _ = fashion_mnist("train")
-    n = mode["n"]
+    n = sizes["n"]
     with torch.no_grad():
         ref = net.features(test)
         floor = frechet_distance(net.features(train[:n]), ref)
@@ -425,8 +433,8 @@ def inception_scores(args, name: str, images: torch.Tensor | None) -> dict:
     from scoresde.metrics.images import gaussian_frechet_distance, kernel_inception_distance, \
         manifold_precision_recall
 
-    mode = QUICK if args.quick else FULL
-    ref = reference_statistics("fashion_mnist", "test", n=mode["reference_n"], cache_dir=args.work / "cache",
+    sizes = mode(args)
+    ref = reference_statistics("fashion_mnist", "test", n=sizes["reference_n"], cache_dir=args.work / "cache",
                                progress=False)
     log(f"Inception features of {name}")
     fake = image_features(load_images(args.work, name) if images is None else images, progress=False)
@@ -452,7 +460,7 @@ def test_bits_per_dim(run: Path, n: int) -> float:
 
 def report(args) -> str:
     scores = json.loads((args.work / "scores.json").read_text())
-    n = (QUICK if args.quick else FULL)["n"]
+    n = mode(args)["n"]
     lines = ["| side | sampler | grid | NFE | classifier FD | FID (N) | KID x1e3 | precision | recall | "
              "sampling s / 1000 |", "|---|---|---|---|---|---|---|---|---|---|"]
     floor = scores["train_images"]
