@@ -6,12 +6,13 @@ grid, on Gaussian mixtures with exact scores, development and held-out.
 Error: RMS (over samples and coordinates) of the final denoised sample against the exact map
 x_T -> x0_hat (dopri8 at rtol = atol = 1e-11 to eps = 1e-3, then the Tweedie step), from the same
 x_T, as in samplers.py. NFE counts every score evaluation of a sample, the final Tweedie step
-included; the pilot grid's own evaluations (PILOT_STEPS + 1 on a batch of PILOT_DRAWS draws, once
-per case and NFE) are printed beside it, in total and per measured sample.
+included; the pilot grid's own evaluations (`pilot_schedule`, once per case and NFE) are counted
+and printed beside it: score calls, draw-evaluations, and those per measured sample.
 
 Mixtures: "dev" are samplers.py's two (2d-ring8, 64d-mix8), on which the pilot rule and its
 constants were chosen; "held-out" are random mixtures made with other seeds and structure (2-D:
-5-12 modes, widths 0.2-0.8, unequal weights; 64-D: 8-16 modes, mean scales 1-3, widths 0.3-1.0),
+7 and 12 modes, widths 0.2-0.8, unequal weights; 64-D: 10 and 16 modes, mean scales 1 and 3,
+widths 0.3-1.0),
 never looked at while choosing.
 
 Peer: k-diffusion's own `sampling.py` (lms, dpmpp_2m, heun, euler on get_sigmas_karras, rho 7,
@@ -31,7 +32,6 @@ import importlib.util
 import math
 import platform
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -43,7 +43,7 @@ from scoresde.sampling.pilot import pilot_schedule
 from scoresde.sdes import VESDE, VPSDE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from samplers import EPS, errors, mixtures, reference  # noqa: E402
+from samplers import EPS, errors, mixtures, reference, timed  # noqa: E402
 
 SDES = {"VP": VPSDE, "VE": VESDE}
 KD_SAMPLERS = {"lms": 1, "dpmpp_2m": 1, "heun": 2, "euler": 1}  # evaluations per Karras step
@@ -117,13 +117,7 @@ class CountedScore:
         return self.score(x, t)
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
-def run_case(case, mix, sde, n, nfes, kd, rows, pilot_options):
+def run_case(case, mix, sde, n, nfes, kd, rows):
     score = mix.score_fn(sde)
     x_T = sde.prior_sampling((n, mix.dim), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ref, ref_wall = timed(lambda: reference(score, sde, x_T))
@@ -134,7 +128,7 @@ def run_case(case, mix, sde, n, nfes, kd, rows, pilot_options):
             x, wall = timed(lambda: sample(score, sde, method="unipc", steps=nfe - 1, x_T=x_T, schedule=schedule))
             entries.append((label, nfe, wall, *errors(x, ref)))
         counted = CountedScore(score)
-        grid, pilot_wall = timed(lambda: pilot_schedule(counted, sde, nfe - 1, EPS, (mix.dim,), **pilot_options))
+        grid, pilot_wall = timed(lambda: pilot_schedule(counted, sde, nfe - 1, EPS, (mix.dim,)))
         x, wall = timed(lambda: sample(score, sde, method="unipc", steps=nfe - 1, x_T=x_T, schedule=grid))
         entries.append(("unipc pilot", nfe, wall + pilot_wall, *errors(x, ref)))
         print(f"{case:18s} (pilot grid: {counted.calls} score calls, {counted.draws} draw-evaluations = "
@@ -212,7 +206,7 @@ def main():
             continue
         for sde_name in args.sdes:
             n = args.samples_2d if mix.dim == 2 else args.samples_64d
-            run_case(f"{name} {sde_name}", mix, SDES[sde_name](), n, args.nfes, kd, rows, {})
+            run_case(f"{name} {sde_name}", mix, SDES[sde_name](), n, args.nfes, kd, rows)
     summary(rows, args.nfes)
 
 
