@@ -150,7 +150,7 @@ def maybe_nonfinite(value: torch.Tensor) -> bool:
     sum non-finite. True may also mean the sum of finite entries overflowed; `nonfinite_samples`
     then tells. The sum allocates nothing the size of value: on a (64, 3, 32, 32) float32 batch and
     one CPU thread it takes 0.02 ms, an isfinite test of the same tensor 0.5-0.7 ms."""
-    return not math.isfinite(float(value.sum()))
+    return not math.isfinite(float(value.detach().sum()))
 
 
 def format_time(t, bad: list[int]) -> str:
