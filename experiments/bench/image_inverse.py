@@ -189,7 +189,7 @@ def main():
         panels.append((f"{task.split(' (')[0]} (noise {noise:g})", rows))
         print(f"| | (noise std of y) | | | {noise:.4f} | |")
     if args.figure:
-        figure(args.figure, panels, args.shown)
+        figure(args.figure, panels, min(args.shown, args.n))
 
 
 if __name__ == "__main__":
