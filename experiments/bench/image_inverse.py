@@ -26,7 +26,6 @@ values; the noise std is what a consistent reconstruction reaches).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
@@ -47,30 +46,30 @@ def box_mask(size=28):
     return mask
 
 
-def problems(x, generator):
-    """name -> (Measurement, baseline estimate, picture of the measurement) for truth images x."""
-    mask = MaskOperator(box_mask(x.shape[-1]))
-    pool, blur = AveragePool(4), Blur.gaussian(9, 2.0)
-    out = {}
-    y = mask(x)
-    known_mean = y.flatten(1).sum(1) / mask.mask.sum()
-    fill = y + (1 - mask.mask) * known_mean[:, None, None, None]
-    out["inpainting (14x14 box, s = 0)"] = (Measurement(mask, y, 0.0), fill, y)  # y shows the hole at 0, mid-grey
-    y = pool(x) + 0.05 * torch.randn(pool(x).shape, generator=generator)
-    bicubic = F.interpolate(y, scale_factor=4, mode="bicubic", align_corners=False)
-    out["super-resolution 4x (s = 0.05)"] = (Measurement(pool, y, 0.05), bicubic,
-                                              F.interpolate(y, scale_factor=4, mode="nearest"))
-    y = blur(x) + 0.05 * torch.randn(x.shape, generator=generator)
-    out["deblurring (Gaussian std 2, s = 0.05)"] = (Measurement(blur, y, 0.05), None, y)
-    return out
-
-
 def wiener(meas, m, d):
     """m + A^T (s^2 / d^2 I + A A^T)^{-1} (y - A m): the posterior mean under an N(m, d^2 I) prior."""
     op = meas.operator
     r = meas.residual(torch.full_like(meas.y, m))
-    ones = torch.ones(r.shape[0])
-    return m + op.transpose(op.solve_gram(r, meas.noise_std ** 2 / d ** 2, ones))
+    return m + op.transpose(op.solve_gram(r, meas.noise_std ** 2 / d ** 2, torch.ones(r.shape[0])))
+
+
+def problems(x, m, d, generator):
+    """name -> (Measurement, baseline's name, baseline estimate, picture of the measurement) for truth
+    images x of a data set with pixel mean m and std d."""
+    mask = MaskOperator(box_mask(x.shape[-1]))
+    pool, blur = AveragePool(4), Blur.gaussian(9, 2.0)
+    out = {}
+    y = mask(x)  # 0, mid-grey, in the hole
+    fill = y + (1 - mask.mask) * (y.flatten(1).sum(1) / mask.mask.sum())[:, None, None, None]
+    out["inpainting (14x14 box, s = 0)"] = (Measurement(mask, y, 0.0), "masked-mean fill", fill, y)
+    y = pool(x) + 0.05 * torch.randn(pool(x).shape, generator=generator)
+    out["super-resolution 4x (s = 0.05)"] = (Measurement(pool, y, 0.05), "bicubic upsampling",
+                                              F.interpolate(y, scale_factor=4, mode="bicubic", align_corners=False),
+                                              F.interpolate(y, scale_factor=4, mode="nearest"))
+    y = blur(x) + 0.05 * torch.randn(x.shape, generator=generator)
+    meas = Measurement(blur, y, 0.05)
+    out["deblurring (Gaussian std 2, s = 0.05)"] = (meas, "Wiener (Gaussian prior)", wiener(meas, m, d), y)
+    return out
 
 
 def psnr(x_hat, x):
@@ -163,12 +162,8 @@ def main():
     print("| task | method | PSNR (dB), one sample | PSNR, mean of samples | residual RMS | seconds |")
     print("|---|---|---|---|---|---|")
     panels = []
-    for task, (meas, baseline, picture) in problems(x, torch.Generator().manual_seed(0)).items():
+    for task, (meas, base_name, baseline, picture) in problems(x, m, d, torch.Generator().manual_seed(0)).items():
         noise = meas.noise_std
-        if baseline is None:
-            baseline, base_name = wiener(meas, m, d), "Wiener (Gaussian prior)"
-        else:
-            base_name = "masked-mean fill" if "inpainting" in task else "bicubic upsampling"
         rows = [("truth", x), ("measured", picture), (base_name.split(" ")[0], baseline)]
         print(f"| {task} | {base_name} | {psnr(baseline, x).mean():.2f} | | "
               f"{residual_rms(meas, baseline).mean():.4f} | |")
