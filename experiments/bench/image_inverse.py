@@ -1,7 +1,7 @@
 """Inverse problems on Fashion-MNIST test images with a trained model: inpainting, 4x super-resolution, deblurring.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python experiments/bench/image_inverse.py --run RUN \
-        --figure docs/inverse_images.png > experiments/results/image_inverse.md
+        --figure docs/inverse_images.png          # prints the table of experiments/results/image_inverse.md
 
 RUN is a run trained with experiments/configs/fashion_mnist.toml (`scoresde.load` takes a run
 directory, a checkpoint or an export). The first `--n` test images are measured, y = A(x_0) + n:
