@@ -85,21 +85,25 @@ def residual_rms(meas, x_hat):
     return r.pow(2).sum(1).div(m).sqrt()
 
 
+def repeated(meas, k):
+    """The measurement with each image's y taken k times (image-major), for k samples an image."""
+    return Measurement(meas.operator, meas.y.repeat_interleave(k, 0), meas.noise_std)
+
+
 def scores(meas, x, x_hat, k):
     """(PSNR of single samples, PSNR of the k-sample mean, residual RMS), each averaged over images;
     x_hat holds k samples per image, image-major."""
     rep = x.repeat_interleave(k, 0)
     single = psnr(x_hat, rep).mean().item()
     mean = psnr(x_hat.reshape(len(x), k, *x.shape[1:]).mean(1), x).mean().item()
-    return single, mean, residual_rms(Measurement(meas.operator, meas.y.repeat_interleave(k, 0), meas.noise_std),
-                                      x_hat).mean().item()
+    return single, mean, residual_rms(repeated(meas, k), x_hat).mean().item()
 
 
 def solve(model, meas, x, k, steps, data_std, how, seed):
     """k reconstructions per image (image-major) by `how`: "pigdm", "repaint" or "replacement"."""
     sde, score = model.sde, model.score_fn()
     n = len(x) * k
-    rep = Measurement(meas.operator, meas.y.repeat_interleave(k, 0), meas.noise_std)
+    rep = repeated(meas, k)
     g = torch.Generator().manual_seed(seed)
     if how == "pigdm":
         guide = PosteriorCovarianceGuidance(score, sde, rep, data_std=data_std)
