@@ -141,8 +141,9 @@ class Blur:
         return Blur(self.kernel.flip(0, 1))(r)
 
     def solve_gram(self, r, a, b, tol: float = 1e-6, max_iterations: int = 200):
-        """(a I + b A A^T)^{-1} r by conjugate gradients per sample (the matrix is symmetric positive
-        definite for a > 0 or b > 0), to a residual below tol |r| per sample."""
+        """(a I + b A A^T)^{-1} r by conjugate gradients per sample (the matrix is symmetric, positive
+        definite for a > 0), to a residual below tol |r| per sample or for max_iterations (at a = 0, a
+        noiseless blur, A A^T's near-zero eigenvalues make it ill-conditioned)."""
         bv = batch_view(b.to(r), r)
 
         def gram(v):
