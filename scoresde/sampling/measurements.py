@@ -1,9 +1,9 @@
 """Measurement models y = A(x_0) + n, n ~ N(0, noise_std^2 I), for inverse problems.
 
 Linear operators know (a I + b A A^T)^{-1} r (`solve_gram`; a a number, b one per sample), which the posterior-covariance
-guidance uses; it is exact for matrices, masks, channel means and average pooling, and for a blur it
-uses A A^T ≈ |k|^2 I (exact away from the border only for a delta kernel; stated where used). Any
-callable x -> A(x) is a nonlinear operator (A A^T taken as I).
+guidance uses; it is exact for matrices, masks, channel means and average pooling (closed forms) and
+for a blur (conjugate gradients: A A^T of a wide blur spans eigenvalues from about 1 down to nearly 0,
+so no multiple of I stands in for it). Any callable x -> A(x) is a nonlinear operator (A A^T taken as I).
 
 * `MatrixOperator(A)`: A of shape (M, D) on the flattened sample;
 * `MaskOperator(mask)`: mask * x (inpainting; y is zero where mask == 0);
@@ -136,9 +136,36 @@ class Blur:
         k = self.kernel.to(x)[None, None].expand(x.shape[1], 1, -1, -1)
         return F.conv2d(x, k, padding=(self.kernel.shape[0] // 2, self.kernel.shape[1] // 2), groups=x.shape[1])
 
-    def solve_gram(self, r, a, b):
-        """Approximates A A^T by |k|^2 I (its diagonal away from the border)."""
-        return r / (a + batch_view(b.to(r), r) * float(self.kernel.pow(2).sum()))
+    def transpose(self, r):
+        """A^T r: the convolution with the flipped kernel, zero padding."""
+        return Blur(self.kernel.flip(0, 1))(r)
+
+    def solve_gram(self, r, a, b, tol: float = 1e-6, max_iterations: int = 200):
+        """(a I + b A A^T)^{-1} r by conjugate gradients per sample (the matrix is symmetric, positive
+        definite for a > 0), to a residual below tol |r| per sample or for max_iterations (at a = 0, a
+        noiseless blur, A A^T's near-zero eigenvalues make it ill-conditioned)."""
+        bv = batch_view(b.to(r), r)
+
+        def gram(v):
+            return a * v + bv * self(self.transpose(v))
+
+        def dot(u, v):
+            return batch_view((u * v).flatten(1).sum(1), r)
+
+        v = torch.zeros_like(r)
+        res, p = r.clone(), r.clone()
+        rr = dot(res, res)
+        stop = tol ** 2 * rr
+        for _ in range(max_iterations):
+            if bool((rr <= stop).all()):
+                break
+            gp = gram(p)
+            step = rr / dot(p, gp).clamp_min(torch.finfo(r.dtype).tiny)
+            v, res = v + step * p, res - step * gp
+            rr_new = dot(res, res)
+            p = res + rr_new / rr.clamp_min(torch.finfo(r.dtype).tiny) * p
+            rr = rr_new
+        return v
 
     def __repr__(self):
         return f"Blur({tuple(self.kernel.shape)})"
