@@ -198,7 +198,8 @@ def test_twisted_smc_samples_the_exact_posterior():
     assert (shares - post.weights).abs().max() < 0.04, (shares, post.weights)
     main = int(post.weights.argmax())
     xm, cov = x[nearest == main], post.covariances[main]
-    assert ((xm.mean(0) - post.means[main]).abs() < 4 * (cov.diagonal() / 400).sqrt()).all(), (xm.mean(0), post.means[main])
+    error = (xm.mean(0) - post.means[main]).abs()
+    assert (error < 4 * (cov.diagonal() / 400).sqrt()).all(), (xm.mean(0), post.means[main])
     assert ((torch.cov(xm.T) - cov).abs() < 0.25 * cov.diagonal().max()).all(), (torch.cov(xm.T), cov)
 
 

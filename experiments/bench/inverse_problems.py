@@ -142,8 +142,10 @@ def main():
         sw_floor, mmd_floor = floors.pow(2).mean(0).sqrt().tolist()
         print(f"\n## {case}: posterior weights {[round(w, 3) for w in post.weights.tolist()]}")
         print(f"noise floor (RMS over 5 exact sets): SW2 {sw_floor:.4f}  MMD {mmd_floor:.2e}; the sets: SW2 "
-              f"{' '.join(f'{v:.3f}' for v in floors[:, 0].tolist())}, MMD {' '.join(f'{v:.1e}' for v in floors[:, 1].tolist())}")
-        print(f"{'method':32s} {'seed':>4s} {'NFE':>5s} {'SW2':>8s} {'MMD':>9s} {'SW2/fl':>7s} {'MMD/fl':>7s} {'seconds':>8s}")
+              f"{' '.join(f'{v:.3f}' for v in floors[:, 0].tolist())}, "
+              f"MMD {' '.join(f'{v:.1e}' for v in floors[:, 1].tolist())}")
+        print(f"{'method':32s} {'seed':>4s} {'NFE':>5s} {'SW2':>8s} {'MMD':>9s} {'SW2/fl':>7s} {'MMD/fl':>7s} "
+              f"{'seconds':>8s}")
         for name, (method, guidance, options, per_step) in methods(prior, A, y, noise, sde, n).items():
             for nfe in args.nfe:
                 for seed in args.seeds if method == "twisted_smc" else [0]:

@@ -64,7 +64,8 @@ def gaussian_proposal(mean, var: float, x, residual, rows, cov, generator):
     s_mat = cov + var * rows @ rows.transpose(1, 2)
     gain = lambda u: var * (rows * solve(s_mat, u)[..., None]).sum(1)  # noqa: E731  var H^T S^{-1} u
     z = mean + math.sqrt(var) * torch.randn(mean.shape, dtype=mean.dtype, generator=generator)
-    eta = (torch.linalg.cholesky(cov) @ torch.randn(residual.shape + (1,), dtype=mean.dtype, generator=generator))[..., 0]
+    noise = torch.randn(residual.shape + (1,), dtype=mean.dtype, generator=generator)
+    eta = (torch.linalg.cholesky(cov) @ noise)[..., 0]
     x_s = z + gain(residual - apply(z - x) - eta)
     d = x_s - (mean + gain(residual - apply(mean - x)))
     hd = apply(d)
@@ -74,15 +75,16 @@ def gaussian_proposal(mean, var: float, x, residual, rows, cov, generator):
 
 
 def _check_options(twist, sde, shape, steps, eps, kernel, proposal, generator):
-    likelihood = isinstance(twist, PosteriorCovarianceGuidance) or (isinstance(twist, DPS) and twist.step_rule == "gaussian")
-    if not likelihood:
+    pigdm = isinstance(twist, PosteriorCovarianceGuidance)
+    jacobian = pigdm and twist.covariance == "jacobian"
+    if not (pigdm or (isinstance(twist, DPS) and twist.step_rule == "gaussian")):
         raise TypeError(f"twist must be a PosteriorCovarianceGuidance or a DPS with step_rule='gaussian' "
                         f"(a likelihood), got {twist!r}")
     if kernel not in KERNELS:
         raise ValueError(f"kernel={kernel!r} is not allowed: use one of {', '.join(KERNELS)}")
     if proposal not in PROPOSALS:
         raise ValueError(f"proposal={proposal!r} is not allowed: use one of {', '.join(PROPOSALS)}")
-    if proposal == "gaussian" and not (isinstance(twist, PosteriorCovarianceGuidance) and twist.covariance == "jacobian"):
+    if proposal == "gaussian" and not jacobian:
         raise ValueError(f"proposal='gaussian' needs the twist PosteriorCovarianceGuidance(covariance='jacobian') "
                          f"(it uses A J), got {twist!r}: pass proposal='shift' for this twist")
     shape = check_shape("shape", shape)
