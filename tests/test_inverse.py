@@ -152,15 +152,16 @@ def test_bad_inverse_inputs():
                guidance=Inpainting(torch.zeros(4, 2), torch.tensor([1.0, 0.0]), sde))
 
 
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
 @pytest.mark.parametrize("proposal,kernel,schedule", [("gaussian", "sde_dpmpp_2m", "log_snr"),
                                                       ("shift", "ancestral", "uniform_t")])
-def test_twisted_smc_reweights_modes_that_guidance_alone_gets_wrong(proposal, kernel, schedule):
+def test_twisted_smc_reweights_modes_that_guidance_alone_gets_wrong(proposal, kernel, schedule, sde_name):
     """Ring prior, y = 0.6 x_0 + 0.8 x_1 + n = 1, s = 0.3: the exact posterior puts weight 0.90 on the
     mode at (-2.83, 2.83) and has mean (-2.08, 2.69). Guidance alone (PiGDM, ancestral, 100 steps)
     was measured at mean (0.41, 0.98): it moves samples onto the line but keeps the prior's modes.
     TDS with 1000 particles must get the mean within 0.3 (about 4 standard errors at an effective
     sample size of 300; the posterior std is ~1.3 a coordinate)."""
-    sde = SDES["vp"]
+    sde = SDES[sde_name]
     A1, y1 = torch.tensor([[0.6, 0.8]], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
     post = RING.posterior(A1, y1, 0.3)
     exact_mean = (post.weights[:, None] * post.means).sum(0)
