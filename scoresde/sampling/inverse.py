@@ -15,7 +15,8 @@ Gaussian around Tweedie's x0_hat(x_t) = (x_t + sigma_t^2 score) / alpha_t and di
   With covariance="jacobian" it uses the exact posterior covariance instead, Cov[x_0 | x_t] =
   (sigma_t^2 / alpha_t) J (the derivative of Tweedie's formula; Boys et al. 2023, TMPD), so
   y | x_t ≈ N(A x0_hat, s^2 I + (sigma_t^2 / alpha_t) A J A^T): M more vector-Jacobian products per
-  evaluation for M measurements (meant for small M), exact for any Gaussian data and linear A.
+  evaluation for M measurements (meant for small M), exact for any Gaussian data and linear A; its
+  `linearization` also returns H = A J and that covariance (twisted_smc's Gaussian proposal).
 
 Both are `Guidance` terms: pass them as `sample(..., guidance=term)` to any sampler.
 """
@@ -133,7 +134,7 @@ class PosteriorCovarianceGuidance(_TweedieLikelihood):
         """The Jacobian twist and its linearization in x, for covariance="jacobian" only: (log p~_t(y | x),
         its gradient H^T C^{-1} r, x0_hat, r = y - A(x0_hat) (B, M), H = A J (B, M, D), C (B, M, M)), all
         detached, with log p~_t(y | x') ≈ log N(r - H (x' - x); 0, C) near x (`twisted_smc`'s Gaussian
-        proposal). Same cost as log_likelihood_and_grad: the gradient is a sum of H's rows, no extra VJP."""
+        proposal). One VJP fewer than log_likelihood_and_grad: the gradient is H^T v, a sum of H's rows."""
         if self.covariance != "jacobian":
             raise ValueError(f"linearization needs covariance='jacobian' (it returns A J), got {self.covariance!r}")
         alpha, sigma = self._coefficients(t, x)
