@@ -23,6 +23,7 @@ from .inverse import DPS, PosteriorCovarianceGuidance
 from .measurements import AveragePool, Blur, Grayscale, MaskOperator, MatrixOperator, Measurement
 from .methods import METHODS, list_samplers, register_sampler
 from .schedules import SCHEDULES, time_grid
+from .smc import twisted_smc
 
 
 @dataclass
@@ -149,4 +150,4 @@ __all__ = ["sample", "calibrate_schedule", "CalibratedSchedule", "METHODS", "reg
            "list_samplers", "SamplingInfo", "time_grid", "SCHEDULES", "tweedie_denoise", "Guidance",
            "GuidanceSum", "ClassifierGuidance", "ClassifierFreeGuidance", "GradientGuidance", "Inpainting",
            "Measurement", "MatrixOperator", "MaskOperator", "Grayscale", "AveragePool", "Blur", "DPS",
-           "PosteriorCovarianceGuidance"]
+           "PosteriorCovarianceGuidance", "twisted_smc"]

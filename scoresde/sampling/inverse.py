@@ -15,7 +15,8 @@ Gaussian around Tweedie's x0_hat(x_t) = (x_t + sigma_t^2 score) / alpha_t and di
   With covariance="jacobian" it uses the exact posterior covariance instead, Cov[x_0 | x_t] =
   (sigma_t^2 / alpha_t) J (the derivative of Tweedie's formula; Boys et al. 2023, TMPD), so
   y | x_t ≈ N(A x0_hat, s^2 I + (sigma_t^2 / alpha_t) A J A^T): M more vector-Jacobian products per
-  evaluation for M measurements (meant for small M), exact for any Gaussian data and linear A.
+  evaluation for M measurements (meant for small M), exact for any Gaussian data and linear A; its
+  `linearization` also returns H = A J and that covariance (twisted_smc's Gaussian proposal).
 
 Both are `Guidance` terms: pass them as `sample(..., guidance=term)` to any sampler.
 """
@@ -112,8 +113,14 @@ class PosteriorCovarianceGuidance(_TweedieLikelihood):
         return self.measurement.solve_gram(residual, self.measurement.noise_std ** 2, r2), 0.0
 
     def _jacobian_weighted(self, residual, alpha, sigma, x0, xg):
-        """(s^2 I + (sigma^2 / alpha) A J A^T)^{-1} r per sample, A J by one VJP per measurement
-        (J = d x0_hat / d x is symmetric: the Hessian of log p_t enters as I + sigma^2 H)."""
+        """(s^2 I + (sigma^2 / alpha) A J A^T)^{-1} r per sample and the log-determinant."""
+        cov = self._jacobian_covariance(x0, xg, alpha, sigma)[1]
+        r = residual.flatten(1)
+        return torch.linalg.solve(cov, r[..., None])[..., 0].reshape(residual.shape), torch.linalg.slogdet(cov)[1]
+
+    def _jacobian_covariance(self, x0, xg, alpha, sigma):
+        """(rows of A J (B, M, *x), s^2 I + (sigma^2 / alpha) A J A^T (B, M, M)), A J by one VJP per
+        measurement (J = d x0_hat / d x is symmetric: the Hessian of log p_t enters as I + sigma^2 H)."""
         ax = self.measurement.operator(x0).flatten(1)  # (B, M)
         rows = [torch.autograd.grad(ax[:, m].sum(), xg, retain_graph=True)[0] for m in range(ax.shape[1])]
         aj = torch.stack(rows, 1)  # (B, M, *x), row m = (A J)_m
@@ -121,9 +128,26 @@ class PosteriorCovarianceGuidance(_TweedieLikelihood):
             ax.shape[0], ax.shape[1], ax.shape[1])  # (A J A^T), (B, M, M)
         scale = (sigma ** 2 / alpha).flatten()[:, None, None]  # per sample
         eye = torch.eye(ax.shape[1], dtype=ax.dtype, device=ax.device)
-        cov = self.measurement.noise_std ** 2 * eye + scale * 0.5 * (ajat + ajat.transpose(1, 2))
-        r = residual.flatten(1)
-        return torch.linalg.solve(cov, r[..., None])[..., 0].reshape(residual.shape), torch.linalg.slogdet(cov)[1]
+        return aj, self.measurement.noise_std ** 2 * eye + scale * 0.5 * (ajat + ajat.transpose(1, 2))
+
+    def linearization(self, x, t):
+        """The Jacobian twist and its linearization in x, for covariance="jacobian" only: (log p~_t(y | x),
+        its gradient H^T C^{-1} r, x0_hat, r = y - A(x0_hat) (B, M), H = A J (B, M, D), C (B, M, M)), all
+        detached, with log p~_t(y | x') ≈ log N(r - H (x' - x); 0, C) near x (`twisted_smc`'s Gaussian
+        proposal). One VJP fewer than log_likelihood_and_grad: the gradient is H^T v, a sum of H's rows."""
+        if self.covariance != "jacobian":
+            raise ValueError(f"linearization needs covariance='jacobian' (it returns A J), got {self.covariance!r}")
+        alpha, sigma = self._coefficients(t, x)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            x0 = tweedie(xg, self.score_fn(xg, t), alpha, sigma)
+            residual = self.measurement.residual(x0).detach().flatten(1)
+            rows, cov = self._jacobian_covariance(x0, xg, alpha, sigma)
+        rows, cov = rows.flatten(2), cov.detach()
+        v = torch.linalg.solve(cov, residual[..., None])[..., 0]
+        log_lik = -0.5 * (residual * v).sum(1) - 0.5 * torch.linalg.slogdet(cov)[1]
+        grad = (rows * v[..., None]).sum(1).reshape(x.shape)
+        return log_lik, grad, x0.detach(), residual, rows, cov
 
     def __repr__(self):
         return (f"PosteriorCovarianceGuidance({self.measurement!r}, data_std={self.data_std}, "
