@@ -51,7 +51,7 @@ class SplitLoss:
         return per_sample.mean() if reduce else per_sample
 
     def __repr__(self) -> str:
-        return f"SplitLoss({self.__module__}.{self.__qualname__})"
+        return f"SplitLoss({getattr(self, '__qualname__', self.prepare)!r})"
 
     @staticmethod
     def of(loss) -> SplitLoss:
