@@ -6,8 +6,9 @@ How the work is split, and why a run's result does not depend on the world size:
 
 * `train.batch_size` is the *global* batch. Every rank draws the same global batch from the same
   data stream and the same training noise (t, eps, dropped labels) from the same noise generator,
-  exactly as one process would, and runs the network only on its own rows
-  `[rank * b, (rank + 1) * b)`, b = batch_size / world_size (`shard`; `ShardedModel`). The losses
+  exactly as one process would (the loss's per-step part, `scoresde.losses.split`), and runs the
+  network only on its own rows `[rank * b, (rank + 1) * b)`, b = batch_size / world_size (`shard`),
+  in passes of train.micro_batch rows. The losses
   are per-sample, so a rank's rows get exactly the per-sample losses one process computes for them;
   DistributedDataParallel averages the gradients, which gives the global batch mean. The result
   equals a one-process run up to the summation order of the gradient all-reduce (float rounding).
@@ -99,35 +100,6 @@ def rank_seed(seed: int, *more: int) -> int:
     """A 63-bit seed derived from (seed, *more) (numpy's SeedSequence), for per-rank streams."""
     state = np.random.SeedSequence([seed % 2 ** 63, *more]).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 | int(state[1]) >> 1
-
-
-class ShardedModel:
-    """The model as a loss sees it when every rank holds the whole global batch but owns rows [lo, hi).
-
-    Calling it runs `forward` (the DistributedDataParallel-wrapped network) on those rows only and
-    returns a tensor shaped like the whole batch, holding the rank's predictions in its rows and
-    zeros (without gradient) elsewhere; per-sample losses of the rank's rows are therefore exact.
-    Other attributes (parametrization, num_classes, sde, ...) are `module`'s own. A loss must call
-    the model once per step, on the global batch.
-    """
-
-    def __init__(self, forward, module: torch.nn.Module, lo: int, hi: int, batch_size: int):
-        self._forward, self._module = forward, module
-        self.lo, self.hi, self.batch_size = lo, hi, batch_size
-
-    def __call__(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
-        n = x.shape[0]
-        if n != self.batch_size:
-            raise ValueError(f"distributed training: the loss called the model on {n} samples, expected the "
-                             f"global batch of {self.batch_size}")
-        lo, hi = self.lo, self.hi
-        rows = lambda v: v[lo:hi] if torch.is_tensor(v) and v.dim() > 0 else v
-        out = self._forward(x[lo:hi], rows(t), rows(y))
-        pad = lambda k: out.new_zeros((k, *out.shape[1:]))
-        return torch.cat([pad(lo), out, pad(n - hi)])
-
-    def __getattr__(self, name):
-        return getattr(self._module, name)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -151,7 +151,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, device: torch.device | None = None):
-        from .losses import LOSSES
+        from .losses import LOSSES, SplitLoss
         from .models import EMA
 
         validate(cfg)
@@ -198,7 +198,7 @@ class Trainer:
                 raise ConfigError(f"train.compile={t.compile!r} is unknown{hint} (known: {', '.join(known)})")
             self.forward = torch.compile(self.forward, backend=t.compile)
             self.compile_errors = BackendCompilerFailed
-        self.loss_fn = LOSSES.get(t.loss)
+        self.loss = SplitLoss.of(LOSSES.get(t.loss))  # a plain loss is replayed pass by pass
         # a bound in bits/dim (vdm) takes the data's quantization; scoresde.data maps it to [-1, 1]
         self.loss_kwargs = loss_kwargs(cfg, levels=getattr(self.dataset, "levels", None), data_range=(-1.0, 1.0))
         # an SDE with parameters (a learned schedule) is a submodule of the ScoreModel: its parameters
@@ -231,42 +231,26 @@ class Trainer:
     def step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step; returns (loss, grad norm), the loss the global batch's mean.
 
-        Gradients accumulate over `passes` (rows [lo, hi) of the global batch, train.micro_batch
-        each): every pass replays the step's noise generator, so the loss draws the same noise for
-        the whole batch as in one pass, and the network runs on the pass's rows only
-        (`distributed.ShardedModel`); a pass's loss is its rows' mean weighted by its share, so the
-        accumulated gradient is the whole batch's up to float rounding. The update is applied only
-        if the loss and the gradient norm are finite (one host sync per step; in a distributed run
-        the decision uses the all-reduced loss and gradients, so every rank makes the same one).
+        The loss's per-step part (`scoresde.losses.split`) draws t, noise and labels once for the
+        global batch; gradients then accumulate over `passes` (rows [lo, hi) of the global batch,
+        train.micro_batch each), each running the network on its rows only, with a pass's loss its
+        rows' mean weighted by its share, so the accumulated gradient is the whole batch's up to
+        float rounding. The update is applied only if the loss and the gradient norm are finite (one
+        host sync per step; in a distributed run the decision uses the all-reduced loss and
+        gradients, so every rank makes the same one).
         """
         x, y = next(self.stream)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = y if self.class_cond else None
         b = self.cfg.train.batch_size
-        rows = self.rows[1] - self.rows[0]
-        whole = len(self.passes) == 1 and not self.world.distributed
-        replay = self.noise.get_state() if len(self.passes) > 1 else None
         self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast:
+            drawn = self.loss.prepare(self.model, self.sde, x, y, generator=self.noise, **self.loss_kwargs)
         total = 0.0  # the per-sample losses' sum, in float32 or wider
+        last = len(self.passes) - 1
         for i, (lo, hi) in enumerate(self.passes):
-            if replay is not None:
-                self.noise.set_state(replay)
-            model = self.forward if whole else distributed.ShardedModel(self.forward, self.model, lo, hi, b)
-            defer_sync = self.world.distributed and i < len(self.passes) - 1
-            with self.forward.no_sync() if defer_sync else contextlib.nullcontext():
-                with self.autocast:
-                    try:
-                        per_sample = self.loss_fn(model, self.sde, x, y, generator=self.noise, reduce=False,
-                                                  **self.loss_kwargs)[lo:hi]
-                    except self.compile_errors as e:
-                        why = getattr(e, "inner_exception", e)
-                        raise ConfigError(f"train.compile={self.cfg.train.compile!r}: the backend failed on this "
-                                          f"machine ({type(why).__name__}: {str(why).strip().splitlines()[0]}); "
-                                          "set train.compile='' to train without compiling") from None
-                    loss = per_sample.mean() * ((hi - lo) / rows)  # DDP averages over ranks: the global mean
-                self.scaler.scale(loss).backward()
-            total = total + per_sample.detach().sum(dtype=torch.promote_types(per_sample.dtype, torch.float32))
+            total = total + self._backward_pass(drawn, lo, hi, last_pass=i == last)
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         if self.world.distributed:
@@ -274,7 +258,7 @@ class Trainer:
             distributed.all_reduce_sum(both)
             loss, self.stop_agreed = both[0] / b, bool(both[1] > 0)
         else:
-            loss, self.stop_agreed = (loss.detach() if whole else total / b), self.stop_signal > 0
+            loss, self.stop_agreed = total / b, self.stop_signal > 0
         self.last_applied = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
         if self.last_applied:
             self.scaler.step(self.optimizer)
@@ -288,6 +272,25 @@ class Trainer:
         self.scheduler.step()
         self.step_count += 1
         return loss, grad_norm
+
+    def _backward_pass(self, drawn, lo: int, hi: int, last_pass: bool) -> torch.Tensor:
+        """Backpropagate rows [lo, hi)'s share of the step's loss; returns their losses' sum (detached).
+        Before the last pass DDP defers its all-reduce (no_sync) and the step's graph is kept: the
+        per-step part may depend on parameters (a learned schedule), and every pass reaches them."""
+        n = self.rows[1] - self.rows[0]
+        defer_sync = self.world.distributed and not last_pass
+        with self.forward.no_sync() if defer_sync else contextlib.nullcontext():
+            with self.autocast:
+                try:
+                    per_sample = drawn.per_sample(self.forward, lo, hi)
+                except self.compile_errors as e:
+                    why = getattr(e, "inner_exception", e)
+                    raise ConfigError(f"train.compile={self.cfg.train.compile!r}: the backend failed on this "
+                                      f"machine ({type(why).__name__}: {str(why).strip().splitlines()[0]}); "
+                                      "set train.compile='' to train without compiling") from None
+                loss = per_sample.mean() * ((hi - lo) / n)  # DDP averages over ranks: the global mean
+            self.scaler.scale(loss).backward(retain_graph=not last_pass)
+        return per_sample.detach().sum(dtype=torch.promote_types(per_sample.dtype, torch.float32))
 
     # -- checkpoint state ----------------------------------------------------------------------
     def state_dict(self) -> dict:

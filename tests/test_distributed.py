@@ -25,7 +25,7 @@ import torch
 from scoresde import distributed
 from scoresde.checkpoint import list_checkpoints, load_checkpoint
 from scoresde.config import ConfigError, load_config
-from scoresde.losses import dsm_loss
+from scoresde.losses import RowsModel, SplitLoss, dsm_loss
 from scoresde.train import Trainer, train_loop
 
 from test_crash_safety import assert_equal
@@ -125,31 +125,37 @@ def test_one_process_checkpoint_resumes_in_two(tmp_path, one_run):
     assert_close(final, one_process)
 
 
-def test_sharded_losses_and_gradients_are_one_process_rows():
-    # what each rank computes: per-sample losses of its rows exactly as one process computes them
-    # on the whole batch, and gradients that sum (DDP averages, times the world size) to the batch's
+@pytest.mark.parametrize("form", ["split", "plain"])
+def test_a_rank_s_rows_get_one_process_losses_and_gradients(form):
+    """What each rank computes: per-sample losses of its rows exactly as one process computes them
+    on the whole batch, and gradients that sum (DDP averages, times the world size) to the batch's;
+    for a split loss (its rows' per_sample) and a plain one (replayed, the network on the rows only)."""
     tr = Trainer(load_config(None, RUN))
     x, _ = next(tr.stream)
     state = tr.noise.get_state()
+    loss = dsm_loss if form == "split" else SplitLoss.of(lambda *args, **kwargs: dsm_loss(*args, **kwargs))
 
-    def loss(model, lo=0, hi=64):
+    def rows(lo, hi):
         tr.noise.set_state(state)
-        per = dsm_loss(model, tr.sde, x, generator=tr.noise, reduce=False)
+        per = loss.prepare(tr.model, tr.sde, x, generator=tr.noise).per_sample(tr.model, lo, hi)
         tr.model.zero_grad()
-        per[lo:hi].mean().backward()
+        per.mean().backward()
         return per.detach(), [p.grad.clone() for p in tr.model.parameters()]
 
-    whole, g_whole = loss(tr.model)
+    tr.noise.set_state(state)
+    whole = dsm_loss(tr.model, tr.sde, x, generator=tr.noise, reduce=False)
+    whole.mean().backward()
+    g_whole = [p.grad.clone() for p in tr.model.parameters()]
     grads = []
     for lo, hi in ((0, 32), (32, 64)):
-        sharded = distributed.ShardedModel(tr.model, tr.model, lo, hi, 64)
-        per, g = loss(sharded, lo, hi)
-        assert torch.equal(per[lo:hi], whole[lo:hi])
+        per, g = rows(lo, hi)
+        assert torch.equal(per, whole[lo:hi].detach())
         grads.append(g)
     for a, b, w in zip(*grads, g_whole):
         torch.testing.assert_close((a + b) / 2, w, rtol=1e-5, atol=1e-7)
-    with pytest.raises(ValueError, match="called the model on 10 samples, expected the global batch of 64"):
-        distributed.ShardedModel(tr.model, tr.model, 0, 32, 64)(x[:10], torch.full((10,), 0.5))
+    if form == "plain":
+        with pytest.raises(ValueError, match="called the model on 10 samples, expected the batch of 64"):
+            RowsModel(tr.model, tr.model, 0, 32, 64)(x[:10], torch.full((10,), 0.5))
 
 
 def test_batch_size_must_divide_by_the_world_size(monkeypatch):

@@ -14,6 +14,7 @@ import torch
 
 from scoresde.checkpoint import CheckpointError, flatten, list_checkpoints, load_checkpoint
 from scoresde.config import ConfigError, config_to_dict, load_config
+from scoresde.losses import SplitLoss
 from scoresde.train import NonFiniteError, Trainer, main, parse_args, prepare, train_loop
 
 TOY = ["model.hidden=32", "model.depth=2", "model.embed_dim=16", "train.batch_size=64", "train.steps=24",
@@ -130,7 +131,7 @@ def test_default_run_matches_heldout_data(tmp_path):
 # -- numerical guards ------------------------------------------------------------------------------
 def poison(trainer: Trainer, loss_steps=(), grad_steps=()):
     """Make the loss non-finite at the (1-based) steps loss_steps, and one gradient at grad_steps."""
-    real, param = trainer.loss_fn, next(trainer.model.parameters())
+    real, param = trainer.loss, next(trainer.model.parameters())
 
     def loss_fn(*args, **kwargs):
         loss = real(*args, **kwargs)
@@ -139,7 +140,7 @@ def poison(trainer: Trainer, loss_steps=(), grad_steps=()):
             param.register_hook(lambda g: g * float("inf") if trainer.step_count + 1 == step else g)
         return loss * float("nan") if step in loss_steps else loss
 
-    trainer.loss_fn = loss_fn
+    trainer.loss = SplitLoss.of(loss_fn)  # a plain loss: run by replaying
 
 
 def test_non_finite_steps_are_skipped_and_counted():

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from scoresde.config import ConfigError, load_config
+from scoresde.losses import SplitLoss
 from scoresde.models import EMA
 from scoresde.train import Trainer, parse_args, prepare, train_loop
 
-from test_train import TOY, assert_same_state
+from test_train import DIGITS, TOY, assert_same_state
 
 
 # -- EMA warmup ------------------------------------------------------------------------------------
@@ -75,15 +76,33 @@ def test_the_run_summary_warns_while_the_ema_is_mostly_initialization(tmp_path):
 
 
 # -- gradient accumulation --------------------------------------------------------------------------
-@pytest.mark.parametrize("micro", [8, 16, 32])
-def test_micro_batches_give_the_whole_batch_step(micro):
-    base = TOY + ["train.batch_size=64"]
-    whole = Trainer(load_config(None, base))
-    accumulated = Trainer(load_config(None, base + [f"train.micro_batch={micro}"]))
-    for tr in (whole, accumulated):  # float64 throughout, so that only summation order differs
-        tr.model.double()
-        tr.ema.module.double()
-        tr.stream = ((x.double(), y) for x, y in tr.stream)
+def plain(loss):
+    """`loss` as a plain callable, without its per-step part: the Trainer runs it by replaying."""
+    return lambda *args, **kwargs: loss(*args, **kwargs)
+
+
+def as_float64(tr: Trainer) -> Trainer:
+    """tr computing in float64 throughout, so that only the summation order differs between runs."""
+    tr.model.double()
+    tr.ema.module.double()
+    stream = tr.stream
+    tr.stream = ((x.double(), y) for x, y in stream)
+    return tr
+
+
+@pytest.mark.parametrize("micro, base, form", [
+    (8, TOY, "split"), (16, TOY, "split"), (32, TOY, "split"), (16, TOY, "plain"),
+    # the learned schedule's parameters reach the step's draws: every pass backpropagates into them
+    (16, TOY + ["sde.name=learned", "sde.n_features=8", "train.loss=vdm"], "split"),
+    # labels, dropped for classifier-free guidance, and an image network
+    (16, DIGITS + ["model.dropout=0.0", "model.class_cond=true", "train.p_uncond=0.2", "train.loss=ddpm"], "split"),
+])
+def test_micro_batches_give_the_whole_batch_step(micro, base, form):
+    base = base + ["train.batch_size=64"]
+    whole = as_float64(Trainer(load_config(None, base)))
+    accumulated = as_float64(Trainer(load_config(None, base + [f"train.micro_batch={micro}"])))
+    if form == "plain":
+        accumulated.loss = SplitLoss.of(plain(accumulated.loss))
     assert len(accumulated.passes) == 64 // micro and next(whole.model.parameters()).dtype == torch.float64
     for _ in range(3):
         (la, ga), (lb, gb) = whole.step(), accumulated.step()
@@ -92,6 +111,33 @@ def test_micro_batches_give_the_whole_batch_step(micro):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14, msg=name)
     # the noise generator is where one pass leaves it
     assert torch.equal(whole.noise.get_state(), accumulated.noise.get_state())
+
+
+def test_micro_batches_draw_once_a_step_and_run_each_row_once():
+    """Accumulation over 4 passes: the loss's per-step part runs once a step, on the whole batch, and
+    the network once a pass, on that pass's 16 rows, which together cover the 64 rows once."""
+    tr = Trainer(load_config(None, TOY + ["train.micro_batch=16"]))
+    prepared, passes, network = [], [], []
+    real_prepare, real_forward = tr.loss.prepare, tr.forward
+
+    class Recorded:
+        def __init__(self, drawn):
+            self.drawn = drawn
+
+        def per_sample(self, forward, lo, hi):
+            passes.append((lo, hi))
+            return self.drawn.per_sample(forward, lo, hi)
+
+    def prepare(model, sde, x0, *args, **kwargs):
+        prepared.append(x0.shape[0])
+        return Recorded(real_prepare(model, sde, x0, *args, **kwargs))
+
+    tr.loss = SplitLoss(prepare)
+    tr.forward = lambda x, t, y=None: network.append(x.shape[0]) or real_forward(x, t, y)
+    for _ in range(2):
+        tr.step()
+    assert prepared == [64, 64]
+    assert passes == [(0, 16), (16, 32), (32, 48), (48, 64)] * 2 and network == [16] * 8
 
 
 def test_micro_batch_must_divide_the_batch():
@@ -105,9 +151,9 @@ def test_bf16_autocast_on_the_cpu_trains_and_resumes_bitwise(tmp_path):
     full = Trainer(load_config(None, overrides))
     assert full.precision == "bf16"
     seen = []
-    real = full.loss_fn
-    full.loss_fn = lambda *a, **k: seen.append(torch.get_autocast_dtype("cpu")
-                                                if torch.is_autocast_enabled("cpu") else None) or real(*a, **k)
+    real = full.loss
+    full.loss = SplitLoss.of(lambda *a, **k: seen.append(torch.get_autocast_dtype("cpu")
+                                                          if torch.is_autocast_enabled("cpu") else None) or real(*a, **k))
     train_loop(full, tmp_path / "full", progress=False)
     assert seen == [torch.bfloat16] * 16
     cfg, _, state = prepare(parse_args(["--resume", str(tmp_path / "full" / "ckpt_00000008.pt")]))
@@ -139,8 +185,8 @@ def test_an_overflowing_scaled_step_is_skipped_and_the_scale_backs_off():
     """fp16's skip logic with the CPU's GradScaler: a scale of 2^127 overflows the float32 gradients
     of a loss made 1000 times larger (themselves finite), as a too-large scale overflows fp16's."""
     tr = Trainer(load_config(None, TOY))
-    real = tr.loss_fn
-    tr.loss_fn = lambda *a, **k: real(*a, **k) * (1000.0 if tr.step_count == 0 else 1.0)
+    real = tr.loss
+    tr.loss = SplitLoss.of(lambda *a, **k: real(*a, **k) * (1000.0 if tr.step_count == 0 else 1.0))
     tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127, growth_interval=1)
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     tr.step()

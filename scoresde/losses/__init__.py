@@ -4,13 +4,22 @@
 `scoresde.losses`, so a plugin can add one); each is called as
 loss(model, sde, x0, y=None, *, generator, reduce, **options) -> scalar (per-sample with reduce=False),
 its other keyword arguments being its hyperparameters (the config's train.* options and `[loss]` table).
+
+A loss is best written in two parts (`split.py`), as the built-in ones are:
+@SplitLoss over prepare(model, sde, x0, y=None, *, generator, **options), which makes the step's
+draws once and returns an object whose per_sample(forward, lo, hi) runs the network on rows lo:hi
+(`NoisedBatch` for the denoising losses). The Trainer prepares once a step and runs a pass per
+micro-batch (train.micro_batch) or per process's rows (torchrun). A plain callable trains too, but
+each pass replays the draws and the whole loss's elementwise work on the whole batch.
 """
 
 from __future__ import annotations
 
 from ..registry import Registry
 from .classifier import classifier_loss
-from .dsm import chain_marginals, ddpm_loss, drop_labels, dsm_loss, smld_loss, weighted_error
+from .dsm import chain_marginals, ddpm_loss, drop_labels, dsm_loss, smld_loss
+from .noised import NoisedBatch, noised_batch, weighted_error
+from .split import RowLosses, RowsModel, SplitLoss
 from .vdm import vdm_loss
 from .weighting import T_SAMPLINGS, WEIGHTINGS, importance_density, loss_weight, sample_t
 
@@ -29,5 +38,6 @@ def list_losses() -> list[str]:
 
 
 __all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "vdm_loss", "classifier_loss", "LOSSES", "register_loss",
-           "list_losses", "weighted_error", "WEIGHTINGS",
-           "T_SAMPLINGS", "loss_weight", "sample_t", "importance_density", "chain_marginals", "drop_labels"]
+           "list_losses", "SplitLoss", "RowLosses", "RowsModel", "NoisedBatch", "noised_batch", "weighted_error",
+           "WEIGHTINGS", "T_SAMPLINGS", "loss_weight", "sample_t", "importance_density", "chain_marginals",
+           "drop_labels"]

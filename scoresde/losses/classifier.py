@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..sdes.base import batch_view
-from .dsm import _check_data, _reduce
+from .dsm import _check_data
 from .weighting import check_t_sampling, sample_t
 
 
@@ -32,4 +32,5 @@ def classifier_loss(classifier, sde, x0: torch.Tensor, y: torch.Tensor, *, t_sam
     if logits.dim() != 2 or logits.shape[0] != x0.shape[0]:
         raise ValueError(f"the classifier must return logits of shape ({x0.shape[0]}, num_classes), "
                          f"got {tuple(logits.shape)}")
-    return _reduce(q * F.cross_entropy(logits, y.long(), reduction="none"), reduce)
+    per_sample = q * F.cross_entropy(logits, y.long(), reduction="none")
+    return per_sample.mean() if reduce else per_sample

@@ -9,9 +9,9 @@ s + eps/sigma = -(eps_hat - eps)/sigma = (alpha / sigma^2)(x0_hat - x0) (Tweedie
 
     lambda/sigma^2 ||eps_hat - eps||^2 = lambda alpha^2/sigma^4 ||x0_hat - x0||^2 = lambda ||s_hat - s||^2,
 
-and it is computed in the model's own parametrization (residual pred - target times
-`eps_error_scale`), so no conversion amplifies rounding errors. With lambda = g^2 the loss times
-(T - eps)/2 is the score-matching term of the NLL bound (Song, Durkan et al. 2021, Thm. 1).
+and it is computed in the model's own parametrization (`noised.NoisedBatch`), so no conversion
+amplifies rounding errors. With lambda = g^2 the loss times (T - eps)/2 is the score-matching term
+of the NLL bound (Song, Durkan et al. 2021, Thm. 1).
 
 Discrete chains (`ddpm_loss`, `smld_loss`): the N steps of sde.discretize, x_{i+1} = a_i x_i + G_i z
 with a_i = 1 + f_i(x)/x, taken at the midpoints t_i = (i + 1/2) T / N (for VP these are DDPM's betas,
@@ -19,14 +19,17 @@ for VE SMLD's sigmas). The chain's marginal after k steps is x_k = alpha_k x_0 +
 alpha_k = prod_{i<k} a_i and sigma_k^2 = a_{k-1}^2 sigma_{k-1}^2 + G_{k-1}^2. The model sees x_k at the
 continuous time with the same log-SNR, t_k = t_of_log_snr(log(alpha_k / sigma_k)), rescaled to that
 time's kernel: alpha(t_k) / alpha_k * x_k = alpha(t_k) x_0 + sigma(t_k) eps exactly.
+
+Each is a `SplitLoss`: its body draws the step's t, noise and dropped labels and returns the
+`NoisedBatch` whose per_sample runs the network on some rows (split.py says why).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..models.parametrization import eps_error_scale, target
-from ..sdes.base import batch_view
+from .noised import NoisedBatch, noised_batch
+from .split import SplitLoss
 from .weighting import check_t_sampling, check_weighting, loss_weight, sample_t
 
 
@@ -50,24 +53,10 @@ def drop_labels(y: torch.Tensor | None, p_uncond: float, num_classes: int | None
     return torch.where(drop, torch.full_like(y, num_classes), y)
 
 
-def weighted_error(model, x0, noise, alpha, sigma, t, y, weight):
-    """weight * ||eps_hat - eps||^2 per sample at x_t = alpha x0 + sigma noise, computed in the model's
-    parametrization (so a loss on another scale, e.g. ||x0_hat - x0||^2 = (sigma/alpha)^2 ||eps_hat - eps||^2,
-    is a weight)."""
-    x_t = batch_view(alpha, x0) * x0 + batch_view(sigma, x0) * noise
-    pred = model(x_t, t, y)
-    residual = pred - target(model.parametrization, x0, noise, alpha, sigma)
-    scale = eps_error_scale(model.parametrization, alpha, sigma)
-    return weight * scale ** 2 * residual.flatten(1).pow(2).sum(1)
-
-
-def _reduce(per_sample: torch.Tensor, reduce: bool) -> torch.Tensor:
-    return per_sample.mean() if reduce else per_sample
-
-
+@SplitLoss
 def dsm_loss(model, sde, x0: torch.Tensor, y: torch.Tensor | None = None, *, weighting: str = "sigma2",
              t_sampling: str | None = None, eps: float = 1e-5, p_uncond: float = 0.0,
-             generator: torch.Generator | None = None, reduce: bool = True) -> torch.Tensor:
+             generator: torch.Generator | None = None) -> NoisedBatch:
     """Weighted denoising score matching over continuous t (module docstring); per-sample if not reduce.
 
     weighting in WEIGHTINGS; t_sampling in T_SAMPLINGS, by default "importance" for the likelihood
@@ -81,7 +70,7 @@ def dsm_loss(model, sde, x0: torch.Tensor, y: torch.Tensor | None = None, *, wei
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     alpha, sigma = sde.alpha(t), sde.sigma(t)
     weight = loss_weight(weighting, sde, t) / sigma ** 2 * q
-    return _reduce(weighted_error(model, x0, noise, alpha, sigma, t, y, weight), reduce)
+    return noised_batch(model, x0, noise, alpha, sigma, t, y, weight)
 
 
 def chain_marginals(sde, dtype=torch.float64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +84,7 @@ def chain_marginals(sde, dtype=torch.float64, device=None) -> tuple[torch.Tensor
     return alpha.to(dtype), sigma.to(dtype)
 
 
-def _chain_loss(model, sde, x0, y, p_uncond, generator, factor):
+def _chain_loss(model, sde, x0, y, p_uncond, generator, factor) -> NoisedBatch:
     _check_data(x0)
     y = drop_labels(y, p_uncond, model.num_classes, generator)
     alpha_k, sigma_k = chain_marginals(sde, torch.float64, x0.device)
@@ -105,17 +94,19 @@ def _chain_loss(model, sde, x0, y, p_uncond, generator, factor):
     alpha, sigma = sde.alpha(t), sde.sigma(t)  # the continuous kernel with the chain's SNR
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     weight = torch.full_like(t, factor)  # lambda = sigma^2: lambda / sigma^2 = 1
-    return weighted_error(model, x0, noise, alpha, sigma, t, y, weight)
+    return noised_batch(model, x0, noise, alpha, sigma, t, y, weight)
 
 
+@SplitLoss
 def ddpm_loss(model, sde, x0: torch.Tensor, y: torch.Tensor | None = None, *, p_uncond: float = 0.0,
-              generator: torch.Generator | None = None, reduce: bool = True) -> torch.Tensor:
+              generator: torch.Generator | None = None) -> NoisedBatch:
     """DDPM's L_simple = E_k ||eps - eps_theta(x_k, k)||^2, k uniform over the chain's N steps (Ho et al. eq. 14)."""
-    return _reduce(_chain_loss(model, sde, x0, y, p_uncond, generator, 1.0), reduce)
+    return _chain_loss(model, sde, x0, y, p_uncond, generator, 1.0)
 
 
+@SplitLoss
 def smld_loss(model, sde, x0: torch.Tensor, y: torch.Tensor | None = None, *, p_uncond: float = 0.0,
-              generator: torch.Generator | None = None, reduce: bool = True) -> torch.Tensor:
+              generator: torch.Generator | None = None) -> NoisedBatch:
     """NCSN's loss (1/2) E_k sigma_k^2 ||s_theta(x_k, sigma_k) + eps/sigma_k||^2, k uniform over the N
     noise levels of the chain (Song & Ermon 2019, eq. 6 with lambda = sigma^2; for VE: SMLD's sigmas)."""
-    return _reduce(_chain_loss(model, sde, x0, y, p_uncond, generator, 0.5), reduce)
+    return _chain_loss(model, sde, x0, y, p_uncond, generator, 0.5)

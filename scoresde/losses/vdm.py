@@ -20,7 +20,8 @@ of the bin centres only; the dequantized bound is comparable term by term with t
 
     bits/dim = (bound - D log((hi - lo) / levels)) / (D log 2)   >=  -log2 P(v) / D   (Jensen).
 
-With levels=None (continuous data) it is -log2 p(x) / D.
+With levels=None (continuous data) it is -log2 p(x) / D. As a `SplitLoss`, the step's draws and
+the reconstruction and prior terms are computed once; the network's error is the `NoisedBatch`'s.
 """
 
 from __future__ import annotations
@@ -30,17 +31,17 @@ import math
 import torch
 
 from ..data.quantized import log_det_jacobian
-from ..models.parametrization import eps_error_scale, target
-from ..sdes.base import batch_view
+from .noised import NoisedBatch, noised_batch
+from .split import SplitLoss
 from .weighting import sample_t
 
 VLB_T_SAMPLINGS = ("antithetic", "uniform", "stratified")
 
 
+@SplitLoss
 def vdm_loss(model, sde, x0: torch.Tensor, y: torch.Tensor | None = None, *, levels: int | None,
              data_range: tuple[float, float] = (-1.0, 1.0), eps: float = 1e-5,
-             t_sampling: str | None = None, generator: torch.Generator | None = None,
-             reduce: bool = True) -> torch.Tensor:
+             t_sampling: str | None = None, generator: torch.Generator | None = None) -> NoisedBatch:
     """The VDM bound on -log2 P(v) / D per sample (module docstring); its batch mean if reduce.
 
     model: a ScoreModel (any parametrization) on `sde`, a VP kernel SDE with gamma_and_derivative(t)
@@ -69,10 +70,7 @@ def vdm_loss(model, sde, x0: torch.Tensor, y: torch.Tensor | None = None, *, lev
     gamma_t, dgamma_t = sde.gamma_and_derivative(t)
     alpha, sigma = torch.sigmoid(-gamma_t).sqrt(), torch.sigmoid(gamma_t).sqrt()
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-    x_t = batch_view(alpha, x0) * x0 + batch_view(sigma, x0) * noise
-    residual = model(x_t, t, y) - target(model.parametrization, x0, noise, alpha, sigma)
-    err = eps_error_scale(model.parametrization, alpha, sigma) ** 2 * residual.flatten(1).pow(2).sum(1)
-    diffusion = 0.5 * (sde.T - eps) * dgamma_t * err
+    diffusion_weight = 0.5 * (sde.T - eps) * dgamma_t
 
     # prior term: KL(N(alpha_T x, sigma_T^2 I) || N(0, I))
     gamma_T = sde.gamma(ones * sde.T)
@@ -82,6 +80,6 @@ def vdm_loss(model, sde, x0: torch.Tensor, y: torch.Tensor | None = None, *, lev
     # reconstruction term: E[-log N(x; z_eps / alpha_eps, e^{gamma(eps)} I)]
     recon = 0.5 * D * (math.log(2 * math.pi) + 1 + sde.gamma(ones * eps))
 
-    bpd = (recon + prior + diffusion - log_det) / (D * math.log(2.0))
-    return bpd.mean() if reduce else bpd
-
+    bits = D * math.log(2.0)  # bpd = (recon + prior + diffusion - log_det) / bits
+    return noised_batch(model, x0, noise, alpha, sigma, t, y, diffusion_weight / bits,
+                        offset=(recon + prior - log_det) / bits)

@@ -9,6 +9,10 @@ x_t = alpha(t) x_0 + sigma(t) n (x = x_t / alpha(t)). The loss is
 with D the denoiser (the model's x0 prediction). A drawn sigma is the time with log-SNR -ln sigma,
 t = sde.t_of_log_snr(-ln sigma), clipped to (0, T]. Since ||x0_hat - x_0||^2 = sigma^2 ||eps_hat - n||^2,
 the weight on the eps error is lambda(sigma) sigma^2 = 1 + sigma^2 / sigma_data^2.
+
+Written in two parts (`SplitLoss`): the body draws the step's labels, sigma and noise once and
+returns the `NoisedBatch` whose per_sample runs the denoiser on some rows, so gradient accumulation
+and data-parallel training draw once a step.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
-from scoresde.losses import drop_labels, weighted_error
+from scoresde.losses import NoisedBatch, SplitLoss, drop_labels, noised_batch
 
 
 def edm_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
@@ -24,9 +28,10 @@ def edm_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     return (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
 
 
+@SplitLoss
 def edm_loss(model, sde, x0: torch.Tensor, y: torch.Tensor | None = None, *, p_mean: float = -1.2,
              p_std: float = 1.2, sigma_data: float = 0.5, p_uncond: float = 0.0,
-             generator: torch.Generator | None = None, reduce: bool = True) -> torch.Tensor:
+             generator: torch.Generator | None = None) -> NoisedBatch:
     """EDM's loss (module docstring) per sample, or its batch mean if reduce."""
     for name, value, positive in (("p_mean", p_mean, False), ("p_std", p_std, True), ("sigma_data", sigma_data, True)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
@@ -40,5 +45,4 @@ def edm_loss(model, sde, x0: torch.Tensor, y: torch.Tensor | None = None, *, p_m
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     noise_level = sigma / alpha  # the sigma of the clipped t
     weight = edm_weight(noise_level, sigma_data) * noise_level ** 2
-    per_sample = weighted_error(model, x0, noise, alpha, sigma, t, y, weight)
-    return per_sample.mean() if reduce else per_sample
+    return noised_batch(model, x0, noise, alpha, sigma, t, y, weight)
