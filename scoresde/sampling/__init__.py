@@ -16,6 +16,7 @@ from .._checks import (check_count, check_data, check_eps, check_finite, check_g
                        check_like, check_sde, check_shape, format_time, listed, maybe_nonfinite,
                        nonfinite_samples)
 from .calibration import CalibratedSchedule, calibrate_schedule
+from .pilot import pilot_schedule
 from .denoise import tweedie_denoise
 from .guidance import (ClassifierFreeGuidance, ClassifierGuidance, GradientGuidance, Guidance,
                        GuidanceSum, Inpainting, split_guidance)
@@ -146,7 +147,7 @@ def sample(score_fn, sde, shape=None, *, method: str, steps: int | None = None, 
     return x, info
 
 
-__all__ = ["sample", "calibrate_schedule", "CalibratedSchedule", "METHODS", "register_sampler",
+__all__ = ["sample", "calibrate_schedule", "CalibratedSchedule", "pilot_schedule", "METHODS", "register_sampler",
            "list_samplers", "SamplingInfo", "time_grid", "SCHEDULES", "tweedie_denoise", "Guidance",
            "GuidanceSum", "ClassifierGuidance", "ClassifierFreeGuidance", "GradientGuidance", "Inpainting",
            "Measurement", "MatrixOperator", "MaskOperator", "Grayscale", "AveragePool", "Blur", "DPS",

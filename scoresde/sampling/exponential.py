@@ -49,8 +49,8 @@ off on the log-SNR grid, where every step has the same h. On the benchmark mixtu
 (docs/benchmarks.md) it raised the error at NFE 10 on the log-SNR grid in 3 of 4 cases, and leaving it
 off raised the error 8-30x on uniform-t VP grids and 1.3-2.6x on Karras grids at NFE 10.
 
-unipc's defaults: order 3 (4 with the corrector), 20 steps, schedule 'log_snr' ('pilot', a grid
-fitted to the model, is better but costly: see `unipc`). Order 4 (5 with the
+unipc's defaults: order 3 (4 with the corrector), 20 steps, schedule 'log_snr' (a grid fitted to
+the model by `pilot_schedule` is better but costly: see `unipc`). Order 4 (5 with the
 corrector) is for grids of about 20 steps or more: on the 64-D benchmark mixture at NFE 20 it ended
 25-40% fewer of 16000 trajectories near the wrong mode than order 3, on each built-in grid, VP and
 VE; at NFE 10 it was mixed (10-27% fewer on VP's log-SNR and uniform-t grids, 4% more on VE's) and far
@@ -170,21 +170,16 @@ def unipc(score_fn, sde, x, *, steps=None, eps, generator, progress, project, or
 
     steps (default 20) on `time_grid(sde, steps, eps, schedule)` ('log_snr', the default,
     'uniform_t', 'karras' with rho, or an explicit grid); NFE = steps (+1 for `sample`'s final
-    Tweedie step). schedule='pilot' first fits the grid to score_fn by `pilot_schedule` (pilot.py):
+    Tweedie step). A grid fitted to score_fn by `pilot_schedule` (pilot.py), passed as schedule:
     on held-out Gaussian mixtures its error was 0.22-0.63x k-diffusion's best sampler's at NFE 10
     and 0.03-0.50x at NFE 20 (log_snr: 0.76-1.04x and 0.26-5.9x; experiments/bench/default_grid.py),
-    for 1.4-1.9 million draw-evaluations of the score (1271-2341 calls, which `sample`'s NFE counts),
+    for 1.4-1.9 million draw-evaluations of the score (1271-2341 calls) once,
     about the cost of 10^5 samples. That is why the default stays 'log_snr': compute the pilot
     grid once with `pilot_schedule` and pass the tensor to every call that shares it. See the
     module docstring.
     """
     if order not in range(1, MAX_ORDER + 1):
         raise ValueError(f"order={order!r} is not allowed: unipc supports predictor orders 1, 2, 3, 4")
-    if isinstance(schedule, str) and schedule == "pilot":
-        from .pilot import pilot_schedule  # pilot -> calibration -> methods -> this module
-        schedule = pilot_schedule(score_fn, sde, steps or 20, eps, tuple(x.shape[1:]), order=order,
-                                  corrector=corrector, lower_order_final=lower_order_final, dtype=x.dtype,
-                                  device=x.device)
     return multistep(score_fn, sde, x, order=order, corrector=corrector, steps=steps or 20, eps=eps,
                      generator=generator, progress=progress, project=project, schedule=schedule, rho=rho,
                      lower_order_final=lower_order_final, name=f"unipc order {order}")
