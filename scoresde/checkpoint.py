@@ -349,6 +349,13 @@ def config_differences(saved: dict, current: dict, keys=("data.name", "data.chan
     return out
 
 
+def uncompiled(state: dict) -> dict:
+    """`state` with torch.compile's wrapper segment `_orig_mod` dropped from every key: a compiled
+    module's state dict holds the same tensors as the plain module's under `_orig_mod.<name>`
+    (`net._orig_mod.<name>` where a submodule was compiled), so either loads into a plain module."""
+    return {".".join(part for part in k.split(".") if part != "_orig_mod"): v for k, v in state.items()}
+
+
 def state_differences(saved: dict, current: dict, limit: int = 4) -> list[str]:
     """Up to `limit` tensors (by name) missing from, extra in, or shaped differently in `saved`
     (a module's state_dict) against `current`; [] when the two fit each other."""

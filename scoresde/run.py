@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_run_checkpoint, state_differences
+from .checkpoint import CheckpointError, load_run_checkpoint, state_differences, uncompiled
 from .config import Config, ConfigError, config_from_dict, validate
 from .data import load_dataset
 
@@ -185,7 +185,7 @@ def load_run(path, use_ema: bool = True, device="cpu") -> Run:
     cfg = validate(config_from_dict(state["config"]))
     spec = run_data_spec(state, cfg)
     model = build_score_model(cfg, spec, build_sde(cfg))
-    weights = state["ema"]["module"] if use_ema else state["model"]
+    weights = uncompiled(state["ema"]["module"] if use_ema else state["model"])
     diffs = state_differences(weights, model.state_dict())
     if diffs:  # the run's own config builds another network: another scoresde version or an edited file
         raise CheckpointError(f"{ckpt}: its weights do not fit the model its config builds: " + "; ".join(diffs))

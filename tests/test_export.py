@@ -278,3 +278,20 @@ def test_save_pretrained_needs_a_model_it_can_describe(tmp_path):
     del model.spec
     with pytest.raises(ValueError, match="ScoreModel built by scoresde"):
         scoresde.save_pretrained(model, tmp_path / "x")
+
+
+def test_a_compiled_model_exports_and_its_prefixed_weights_load(toy_run, tmp_path):
+    """torch.compile wraps the model and prefixes its state dict's keys with `_orig_mod.`: the
+    wrapper exports as the plain model, and weights saved under the prefix load into one."""
+    run_dir, _ = toy_run
+    model = scoresde.load(run_dir)
+    compiled = torch.compile(model, backend="eager")
+    assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    out = scoresde.save_pretrained(compiled, tmp_path / "from_compiled")
+    x, t = fixed_inputs((2,))
+    with torch.no_grad():
+        assert torch.equal(scoresde.load(out)(x, t), model(x, t))
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in compiled.state_dict().items()}, out / "model.safetensors")
+    loaded = scoresde.load(out)
+    assert_same_weights(loaded, model.state_dict())

@@ -31,10 +31,11 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint import CheckpointError, state_differences
+from ..checkpoint import CheckpointError, state_differences, uncompiled
 from ..config import config_from_dict, config_to_dict
 from ..run import DataSpec, ModelSpec, Run, load_run
 
@@ -90,6 +91,9 @@ def save_pretrained(model_or_run, out_dir, ema: bool = True) -> Path:
     elif isinstance(model_or_run, Run):
         run = model_or_run
     else:
+        if isinstance(model_or_run, torch.nn.Module) and isinstance(getattr(model_or_run, "_orig_mod", None),
+                                                                    torch.nn.Module):
+            model_or_run = model_or_run._orig_mod  # torch.compile's wrapper: export the module it compiled
         spec = getattr(model_or_run, "spec", None)
         if not isinstance(spec, ModelSpec):
             raise ValueError(f"save_pretrained needs a run directory, a checkpoint, a Run or a ScoreModel built by "
@@ -153,7 +157,7 @@ def read_export(directory, device="cpu") -> Run:
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{config_path}: {e}") from None
     try:
-        weights = load_file(weights_path)
+        weights = uncompiled(load_file(weights_path))
     except FileNotFoundError:
         raise CheckpointError(f"{directory}: has {CONFIG_FILE} but no {WEIGHTS_FILE}") from None
     except (SafetensorError, OSError, ValueError) as e:
