@@ -1,4 +1,5 @@
-"""Oracle networks for the tests: a raw net whose output is the exact prediction implied by a known score.
+"""Oracles for the tests: a raw net whose output is the exact prediction implied by a known score, and
+the exact probability-flow map of a known score.
 
 ScoreModel hands a network only c_in x_t and c_noise = -log_snr / 4; the oracle recovers t and x_t from
 those, so a test through it checks the wrapper's preconditioning as well as its conversions.
@@ -6,6 +7,22 @@ those, so a test through it checks the wrapper's preconditioning as well as its 
 
 import torch
 from torch import nn
+from torchdiffeq import odeint
+
+from scoresde.sampling import tweedie_denoise
+
+
+def exact_flow_map(score, sde, x_T, eps):
+    """The probability-flow ODE from T to eps solved by dopri8 at rtol = atol = 1e-12, then the
+    Tweedie step at eps: what a deterministic sampler with the final denoising step approximates."""
+    flow = sde.reverse(score, probability_flow=True)
+    x = odeint(flow, x_T, torch.tensor([sde.T, eps], dtype=torch.float64), method="dopri8",
+               rtol=1e-12, atol=1e-12)[-1]
+    return tweedie_denoise(score, sde, x, torch.full((x.shape[0],), eps, dtype=x.dtype))
+
+
+def rms(x, y):
+    return (x - y).pow(2).mean().sqrt().item()
 
 
 def edm_F(x0, x, a, sg, sigma_data):

@@ -11,13 +11,13 @@ import math
 
 import pytest
 import torch
-from torchdiffeq import odeint
 
 from scoresde import calibrate_schedule
 from scoresde.analytic import GaussianMixture
-from scoresde.sampling import sample, time_grid, tweedie_denoise
+from scoresde.sampling import sample, time_grid
 from scoresde.sampling.calibration import _stratified_batch
 from scoresde.sdes import VESDE, VPSDE
+from oracles import exact_flow_map, rms
 
 EPS = 1e-3
 SDES = {"vp": VPSDE(), "ve": VESDE(sigma_max=20.0)}
@@ -28,15 +28,6 @@ def draws(sde, n, seed):
     return sde.prior_sampling((n, 2), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def exact_map(score, sde, x_T):
-    flow = sde.reverse(score, probability_flow=True)
-    x = odeint(flow, x_T, torch.tensor([sde.T, EPS], dtype=torch.float64), method="dopri8",
-               rtol=1e-12, atol=1e-12)[-1]
-    return tweedie_denoise(score, sde, x, torch.full((x.shape[0],), EPS, dtype=x.dtype))
-
-
-def rms(x, y):
-    return (x - y).pow(2).mean().sqrt().item()
 
 
 @pytest.mark.parametrize("pool, batch", [(300, None), (1200, 300)])
@@ -50,7 +41,7 @@ def test_calibrated_grid_beats_every_builtin_schedule_on_fresh_draws(name, pool,
     fit = calibrate_schedule(score, sde, draws(sde, pool, 0), method="unipc", steps=5, eps=EPS, iterations=150,
                              batch=batch, generator=torch.Generator().manual_seed(0))
     x_T = draws(sde, 400, 1)
-    truth = exact_map(score, sde, x_T)
+    truth = exact_flow_map(score, sde, x_T, EPS)
     builtin = {s: rms(sample(score, sde, method="unipc", steps=5, x_T=x_T, schedule=s), truth)
                for s in ("log_snr", "uniform_t", "karras")}
     calibrated = rms(sample(score, sde, method="unipc", x_T=x_T, schedule=fit.times), truth)
@@ -94,7 +85,7 @@ def test_reported_errors_are_the_pools_true_rms(name):
     pool = draws(sde, 1000, 3)
     fit = calibrate_schedule(score, sde, pool, method="unipc", steps=5, eps=EPS, iterations=20, batch=200,
                              check_every=10, generator=torch.Generator().manual_seed(0))
-    truth = exact_map(score, sde, pool)
+    truth = exact_flow_map(score, sde, pool, EPS)
     start = rms(sample(score, sde, method="unipc", steps=5, x_T=pool, eps=EPS, schedule=fit.start), truth)
     fitted = rms(sample(score, sde, method="unipc", x_T=pool, eps=EPS, schedule=fit.times), truth)
     assert abs(fit.start_error / start - 1) < 0.01 and abs(fit.error / fitted - 1) < 0.01, (fit, start, fitted)

@@ -9,27 +9,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchdiffeq import odeint
 
 from scoresde.analytic import GaussianMixture
-from scoresde.sampling import sample, tweedie_denoise
+from scoresde.sampling import sample
 from scoresde.sampling.pilot import pilot_schedule
 from scoresde.sdes import VESDE, VPSDE, CosineVPSDE, LearnedSDE, SubVPSDE
+from oracles import exact_flow_map, rms
 
 EPS = 1e-3
 MIX = GaussianMixture(torch.tensor([[-3.0, 0.5], [2.5, 2.0], [0.5, -3.0], [3.0, -1.5], [-1.0, 3.0]]),
                       torch.tensor([0.3, 0.6, 0.4, 0.25, 0.5]), torch.tensor([1.0, 2.0, 1.5, 0.7, 1.2]))
 
 
-def exact_map(score, sde, x_T):
-    flow = sde.reverse(score, probability_flow=True)
-    x = odeint(flow, x_T, torch.tensor([sde.T, EPS], dtype=torch.float64), method="dopri8",
-               rtol=1e-12, atol=1e-12)[-1]
-    return tweedie_denoise(score, sde, x, torch.full((x.shape[0],), EPS, dtype=x.dtype))
-
-
-def rms(x, y):
-    return (x - y).pow(2).mean().sqrt().item()
 
 
 @pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE(), CosineVPSDE(), LearnedSDE()],
@@ -55,7 +46,7 @@ def test_unipc_on_the_pilot_grid_beats_log_snr_at_nfe_10(sde):
     map is well below the log-SNR grid's (measured 6.8x under VP, 2.9x under VE)."""
     score = MIX.score_fn(sde)
     x_T = sde.prior_sampling((500, 2), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    truth = exact_map(score, sde, x_T)
+    truth = exact_flow_map(score, sde, x_T, EPS)
     grid = pilot_schedule(score, sde, 9, EPS, (2,))
     pilot = rms(sample(score, sde, method="unipc", steps=9, x_T=x_T, schedule=grid), truth)
     log_snr = rms(sample(score, sde, method="unipc", steps=9, x_T=x_T), truth)
