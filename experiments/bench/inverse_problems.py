@@ -9,11 +9,11 @@ samples: one set's value is itself noisy (SW2 0.06-0.34 across sets in case (b))
 MMD of exact sets is centred on 0, so its typical size is its RMS.
 twisted_smc takes one score evaluation and the twist's VJPs per step too, on N particles, and runs
 once per seed of --seeds (one SMC run couples its particles, so its error varies from seed to seed);
-with moves, 5 of its NFE are the resample-move Langevin steps after the final resampling.
+in the "moves" row, --moves of its NFE are resample-move Langevin steps after the final resampling.
 VP SDE, exact mixture score, float64.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python experiments/bench/inverse_problems.py [--n 2000] [--nfe 20 50 100 1000]
-        [--seeds 0 1 2] [--cases a b c] [--methods tds pigdm]
+        [--seeds 0 1 2] [--cases a b c] [--methods tds pigdm] [--moves 5] [--move-step 0.1]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def data_std(prior):
     return float(var.mean().sqrt())
 
 
-def methods(prior, A, y, noise, sde, n):
+def methods(prior, A, y, noise, sde, n, moves=5, move_step=0.1):
     """name -> (method, guidance, options, evaluations per step) for the methods that apply."""
     score = prior.score_fn(sde)
     meas = Measurement(MatrixOperator(A), y, noise)
@@ -79,7 +79,7 @@ def methods(prior, A, y, noise, sde, n):
     out["tds (shift, ancestral, uniform)"] = ("twisted_smc", jacobian, {
         "proposal": "shift", "kernel": "ancestral", "schedule": "uniform_t"}, 1)
     out["tds (gaussian, 2m, log-snr)"] = ("twisted_smc", jacobian, {}, 1)
-    out["tds (gaussian, 2m, 5 moves)"] = ("twisted_smc", jacobian, {"moves": 5}, 1)
+    out[f"tds (gaussian, 2m, {moves} moves)"] = ("twisted_smc", jacobian, {"moves": moves, "move_step": move_step}, 1)
     return out
 
 
@@ -128,6 +128,8 @@ def main():
     parser.add_argument("--n-ref", type=int, default=20000, help="size of the exact reference set")
     parser.add_argument("--nfe", type=int, nargs="+", default=[20, 50, 100, 1000])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="twisted_smc's seeds")
+    parser.add_argument("--moves", type=int, default=5, help="twisted_smc's moves in the resample-move row")
+    parser.add_argument("--move-step", type=float, default=0.1, help="and their move_step")
     parser.add_argument("--cases", nargs="+", choices="abc", default=list("abc"), help="only these cases")
     parser.add_argument("--methods", nargs="+", help="only the methods whose name contains one of these")
     args = parser.parse_args()
@@ -152,7 +154,8 @@ def main():
               f"MMD {' '.join(f'{v:.1e}' for v in floors[:, 1].tolist())}")
         print(f"{'method':32s} {'seed':>4s} {'NFE':>5s} {'SW2':>8s} {'MMD':>9s} {'SW2/fl':>7s} {'MMD/fl':>7s} "
               f"{'seconds':>8s}")
-        for name, (method, guidance, options, per_step) in methods(prior, A, y, noise, sde, n).items():
+        rows = methods(prior, A, y, noise, sde, n, args.moves, args.move_step)
+        for name, (method, guidance, options, per_step) in rows.items():
             if args.methods and not any(part in name for part in args.methods):
                 continue
             for nfe in args.nfe:
