@@ -112,7 +112,7 @@ def preconditioned_langevin(x, state, step: float, t: float, sde, evaluate, gene
 
     mean, score = drift_and_score(x, state)
     _, _, _, _, rows, cov = state
-    zero = torch.zeros(rows.shape[:2], dtype=x.dtype)
+    zero = x.new_zeros(rows.shape[:2])
     x_new, log_q = gaussian_proposal(mean, step, mean, zero, rows, cov, generator)
     new = evaluate(x_new.reshape(state[2].shape))
     mean_back, score_new = drift_and_score(x_new, new)
