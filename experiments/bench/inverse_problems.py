@@ -8,11 +8,12 @@ The noise floor is the root mean square of the same statistic over 5 sets of N e
 samples: one set's value is itself noisy (SW2 0.06-0.34 across sets in case (b)), and the unbiased
 MMD of exact sets is centred on 0, so its typical size is its RMS.
 twisted_smc takes one score evaluation and the twist's VJPs per step too, on N particles, and runs
-once per seed of --seeds (one SMC run couples its particles, so its error varies from seed to seed).
+once per seed of --seeds (one SMC run couples its particles, so its error varies from seed to seed);
+in the "moves" row, --moves of its NFE are resample-move Langevin steps after the final resampling.
 VP SDE, exact mixture score, float64.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python experiments/bench/inverse_problems.py [--n 2000] [--nfe 20 50 100 1000]
-        [--seeds 0 1 2]
+        [--seeds 0 1 2] [--cases a b c] [--methods tds pigdm] [--moves 5] [--move-step 0.1]
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def data_std(prior):
     return float(var.mean().sqrt())
 
 
-def methods(prior, A, y, noise, sde, n):
+def methods(prior, A, y, noise, sde, n, moves=5, move_step=0.1):
     """name -> (method, guidance, options, evaluations per step) for the methods that apply."""
     score = prior.score_fn(sde)
     meas = Measurement(MatrixOperator(A), y, noise)
@@ -78,13 +79,14 @@ def methods(prior, A, y, noise, sde, n):
     out["tds (shift, ancestral, uniform)"] = ("twisted_smc", jacobian, {
         "proposal": "shift", "kernel": "ancestral", "schedule": "uniform_t"}, 1)
     out["tds (gaussian, 2m, log-snr)"] = ("twisted_smc", jacobian, {}, 1)
+    out[f"tds (gaussian, 2m, {moves} moves)"] = ("twisted_smc", jacobian, {"moves": moves, "move_step": move_step}, 1)
     return out
 
 
 def run(method, guidance, options, per_step, prior, sde, n, nfe, seed=0):
     """(samples, NFE done) of one method at about `nfe` score evaluations."""
     if method == "twisted_smc":
-        x, info = twisted_smc(guidance, sde, (n, prior.dim), steps=nfe - 1,
+        x, info = twisted_smc(guidance, sde, (n, prior.dim), steps=nfe - 1 - options.get("moves", 0),
                               generator=torch.Generator().manual_seed(seed), **options)
         return x, info["nfe"]
     x, info = sample(prior.score_fn(sde), sde, method=method, steps=max(1, (nfe - 1) // per_step),
@@ -126,6 +128,10 @@ def main():
     parser.add_argument("--n-ref", type=int, default=20000, help="size of the exact reference set")
     parser.add_argument("--nfe", type=int, nargs="+", default=[20, 50, 100, 1000])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="twisted_smc's seeds")
+    parser.add_argument("--moves", type=int, default=5, help="twisted_smc's moves in the resample-move row")
+    parser.add_argument("--move-step", type=float, default=0.1, help="and their move_step")
+    parser.add_argument("--cases", nargs="+", choices="abc", default=list("abc"), help="only these cases")
+    parser.add_argument("--methods", nargs="+", help="only the methods whose name contains one of these")
     args = parser.parse_args()
     torch.set_num_threads(1)
     sde = VPSDE()
@@ -133,20 +139,25 @@ def main():
         return figure(args.figure, sde, args.n)
     print(f"VP SDE, exact mixture score, ancestral steps unless named, n = {args.n} samples a set, float64")
     n = args.n
-    for case, prior, A, y, noise in cases():
+    for letter, (case, prior, A, y, noise) in zip("abc", cases()):
+        if letter not in args.cases:
+            continue
         post = prior.posterior(A, y, noise)
         truth, _ = post.sample(args.n_ref, torch.Generator().manual_seed(1))
         floors = torch.tensor([[sliced_wasserstein(f, truth, generator=torch.Generator().manual_seed(3)),
                                 mmd(f, truth[:n])]
                                for f in (post.sample(n, torch.Generator().manual_seed(k))[0] for k in range(2, 7))])
         sw_floor, mmd_floor = floors.pow(2).mean(0).sqrt().tolist()
-        print(f"\n## {case}: posterior weights {[round(w, 3) for w in post.weights.tolist()]}")
+        print(f"\n## ({letter}) {case}: posterior weights {[round(w, 3) for w in post.weights.tolist()]}")
         print(f"noise floor (RMS over 5 exact sets): SW2 {sw_floor:.4f}  MMD {mmd_floor:.2e}; the sets: SW2 "
               f"{' '.join(f'{v:.3f}' for v in floors[:, 0].tolist())}, "
               f"MMD {' '.join(f'{v:.1e}' for v in floors[:, 1].tolist())}")
         print(f"{'method':32s} {'seed':>4s} {'NFE':>5s} {'SW2':>8s} {'MMD':>9s} {'SW2/fl':>7s} {'MMD/fl':>7s} "
               f"{'seconds':>8s}")
-        for name, (method, guidance, options, per_step) in methods(prior, A, y, noise, sde, n).items():
+        rows = methods(prior, A, y, noise, sde, n, args.moves, args.move_step)
+        for name, (method, guidance, options, per_step) in rows.items():
+            if args.methods and not any(part in name for part in args.methods):
+                continue
             for nfe in args.nfe:
                 for seed in args.seeds if method == "twisted_smc" else [0]:
                     t0 = time.perf_counter()
