@@ -289,8 +289,11 @@ def test_ctrl_c_on_sample_and_evaluate_exits_130_with_one_line(tmp_path, module)
     long = {"sample": ["--out", str(tmp_path / "s.png"), "--n", "2000", "--steps", "1000000",
                        "--method", "euler_maruyama"],
             "evaluate": ["--n", "1000", "--rtol", "1e-9", "--atol", "1e-9", "--batch-size", "1000"]}[module]
+    # SIGINT's default disposition in the child, as under a terminal: a shell's background job
+    # (`cmd &`) ignores SIGINT, and a Python started with it ignored never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", f"scoresde.{module}", "--checkpoint", str(run_dir), *long],
-                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen: list[str] = []
 
     def progress_started():  # tqdm's first bar on stderr: main() is running
