@@ -301,9 +301,12 @@ def test_ctrl_c_on_sample_and_evaluate_exits_130_with_one_line(tmp_path, module)
             seen.append(os.read(proc.stderr.fileno(), 4096).decode(errors="replace"))
         return "|" in "".join(seen)
 
-    wait_until(progress_started, proc)
-    proc.send_signal(signal.SIGINT)
-    _, rest = proc.communicate(timeout=60)
+    try:
+        wait_until(progress_started, proc)
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # no-op once it exited; a child that ignored the signal must not outlive the test
     text = "".join(seen) + rest
     assert proc.returncode == 130, text[-2000:]
     assert "Traceback" not in text and text.strip().splitlines()[-1].endswith("interrupted"), text[-2000:]
