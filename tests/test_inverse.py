@@ -153,6 +153,14 @@ def test_bad_inverse_inputs():
                guidance=Inpainting(torch.zeros(4, 2), torch.tensor([1.0, 0.0]), sde))
 
 
+def ring_projection(sde):
+    """The ring under y = 0.6 x_0 + 0.8 x_1 + n = 1, s = 0.3: (its exact posterior, the Jacobian twist)."""
+    A1, y1 = torch.tensor([[0.6, 0.8]], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
+    twist = PosteriorCovarianceGuidance(RING.score_fn(sde), sde, Measurement(MatrixOperator(A1), y1, 0.3),
+                                        covariance="jacobian")
+    return RING.posterior(A1, y1, 0.3), twist
+
+
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 @pytest.mark.parametrize("proposal,kernel,schedule", [("gaussian", "sde_dpmpp_2m", "log_snr"),
                                                       ("shift", "ancestral", "uniform_t")])
@@ -163,11 +171,8 @@ def test_twisted_smc_reweights_modes_that_guidance_alone_gets_wrong(proposal, ke
     TDS with 1000 particles must get the mean within 0.3 (about 4 standard errors at an effective
     sample size of 300; the posterior std is ~1.3 a coordinate)."""
     sde = SDES[sde_name]
-    A1, y1 = torch.tensor([[0.6, 0.8]], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
-    post = RING.posterior(A1, y1, 0.3)
+    post, twist = ring_projection(sde)
     exact_mean = (post.weights[:, None] * post.means).sum(0)
-    twist = PosteriorCovarianceGuidance(RING.score_fn(sde), sde, Measurement(MatrixOperator(A1), y1, 0.3),
-                                        covariance="jacobian")
     x, info = twisted_smc(twist, sde, (1000, 2), steps=30, proposal=proposal, kernel=kernel, schedule=schedule,
                           generator=torch.Generator().manual_seed(0))
     assert info["nfe"] == 31
@@ -189,10 +194,7 @@ def test_twisted_smc_samples_the_exact_posterior():
     4 standard errors at 400 effective samples) and covariance (within 25%). SW2 is not used: with
     modes 4-6 apart it is dominated by the mode shares' sampling noise (0.14-0.29 between exact sets)."""
     sde = SDES["vp"]
-    A1, y1 = torch.tensor([[0.6, 0.8]], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
-    post = RING.posterior(A1, y1, 0.3)
-    twist = PosteriorCovarianceGuidance(RING.score_fn(sde), sde, Measurement(MatrixOperator(A1), y1, 0.3),
-                                        covariance="jacobian")
+    post, twist = ring_projection(sde)
     x, info = twisted_smc(twist, sde, (1000, 2), steps=40, generator=torch.Generator().manual_seed(0))
     assert info["final_ess"] > 500
     nearest = nearest_component(x, post)
@@ -260,10 +262,7 @@ def test_resample_move_removes_duplicates_and_keeps_the_posterior():
     5 moves after it must leave (nearly) all distinct, with the mode shares within 0.04 of the exact
     weights and the main mode's covariance within 25%, at NFE = steps + 1 + moves."""
     sde = SDES["vp"]
-    A1, y1 = torch.tensor([[0.6, 0.8]], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
-    post = RING.posterior(A1, y1, 0.3)
-    twist = PosteriorCovarianceGuidance(RING.score_fn(sde), sde, Measurement(MatrixOperator(A1), y1, 0.3),
-                                        covariance="jacobian")
+    post, twist = ring_projection(sde)
     plain, _ = twisted_smc(twist, sde, (1000, 2), steps=40, generator=torch.Generator().manual_seed(0))
     x, info = twisted_smc(twist, sde, (1000, 2), steps=35, moves=5, generator=torch.Generator().manual_seed(0))
     assert info["nfe"] == 41 and 0.5 < info["acceptance"] < 1
@@ -304,9 +303,8 @@ def test_linearization_is_the_jacobian_twist():
 
 def test_bad_twisted_smc_options():
     sde = SDES["vp"]
-    A1, y1 = torch.tensor([[0.6, 0.8]], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
-    meas = Measurement(MatrixOperator(A1), y1, 0.3)
-    jac = PosteriorCovarianceGuidance(RING.score_fn(sde), sde, meas, covariance="jacobian")
+    _, jac = ring_projection(sde)
+    meas = jac.measurement
     with pytest.raises(TypeError, match="twist must be"):
         twisted_smc(DPS(RING.score_fn(sde), sde, meas, step_rule="normalized"), sde, (10, 2), steps=3)
     with pytest.raises(ValueError, match="proposal='gaussian' needs the twist"):
