@@ -29,6 +29,7 @@ from scoresde.losses import RowsModel, SplitLoss, dsm_loss
 from scoresde.train import Trainer, train_loop
 
 from test_crash_safety import assert_equal
+from test_train_scale import plain
 from test_train import DIGITS, TOY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +134,7 @@ def test_a_rank_s_rows_get_one_process_losses_and_gradients(form):
     tr = Trainer(load_config(None, RUN))
     x, _ = next(tr.stream)
     state = tr.noise.get_state()
-    loss = dsm_loss if form == "split" else SplitLoss.of(lambda *args, **kwargs: dsm_loss(*args, **kwargs))
+    loss = dsm_loss if form == "split" else SplitLoss.of(plain(dsm_loss))
 
     def rows(lo, hi):
         tr.noise.set_state(state)
