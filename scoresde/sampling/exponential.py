@@ -171,8 +171,8 @@ def unipc(score_fn, sde, x, *, steps=None, eps, generator, progress, project, or
     steps (default 20) on `time_grid(sde, steps, eps, schedule)` ('log_snr', the default,
     'uniform_t', 'karras' with rho, or an explicit grid); NFE = steps (+1 for `sample`'s final
     Tweedie step). A grid fitted to score_fn by `pilot_schedule` (pilot.py), passed as schedule:
-    on held-out Gaussian mixtures its error was 0.22-0.63x k-diffusion's best sampler's at NFE 10
-    and 0.03-0.50x at NFE 20 (log_snr: 0.76-1.04x and 0.26-5.9x; experiments/bench/default_grid.py),
+    on held-out Gaussian mixtures its error was 0.22-0.57x k-diffusion's best sampler's at NFE 10
+    and 0.06-0.49x at NFE 20 (log_snr: 0.64-1.09x and 0.48-1.22x; experiments/bench/default_grid.py),
     for 1.4-1.9 million draw-evaluations of the score (1271-2341 calls) once,
     about the cost of 10^5 samples. That is why the default stays 'log_snr': compute the pilot
     grid once with `pilot_schedule` and pass the tensor to every call that shares it. See the

@@ -7,16 +7,16 @@ pilot is that fit made short and reproducible: POOL prior draws from a fixed see
 is a function of the model, the SDE, steps, eps and the sample shape, not of the batch being
 sampled), a reference by `unipc` on max(10 steps, 200) log-SNR steps, and ITERATIONS Adam steps on
 stratified minibatches of BATCH draws, the best grid on the whole pool (the start, the best
-built-in grid, included) kept. On the 64-D VE benchmark mixture at NFE 10 a pool of 1024 left the
-error at 0.82x k-diffusion's best (its few hard draws under-sampled), 4096 brought it to 0.27x
-(250 measured draws; 0.39x on the benchmark's 500).
+built-in grid, included) kept. On the 64-D VE benchmark mixture at NFE 10 (5000 measured draws) a
+pool of 1024 left the error at 0.75x k-diffusion's best (its few hard draws under-sampled), 4096
+brought it to 0.39x (experiments/results/default_grid.txt).
 
 Cost, in evaluations of the score per draw: POOL x reference_steps for the reference, about
 3 x steps x BATCH x ITERATIONS through the fit (forward and backward), steps x POOL per check and
 per built-in start grid. Counted in experiments/bench/default_grid.py: 1.37, 1.91 and 4.72 million
 draw-evaluations (1271, 2341 and 5841 calls of at most POOL draws) at steps = 9, 19 and 49. That is
-20-60 s on the benchmark's closed-form mixture scores (one CPU thread), and on a network the cost
-of sampling about 10^5 draws, so it pays only where many samples share one grid: compute it once
+4-10 s at 9-19 steps on the benchmark's closed-form mixture scores (one CPU thread), and on a
+network the cost of sampling about 10^5 draws, so it pays only where many samples share one grid: compute it once
 with `pilot_schedule` and pass the tensor as `schedule=` to every call.
 """
 
