@@ -75,15 +75,14 @@ def gaussian_proposal(mean, var: float, x, residual, rows, cov, generator):
     noise = torch.randn(residual.shape + (1,), dtype=mean.dtype, generator=generator)
     eta = (torch.linalg.cholesky(cov) @ noise)[..., 0]
     x_s = z + gain(residual - apply(z - x) - eta)
-    return x_s, gaussian_log_density(x_s - (mean + gain(residual - apply(mean - x))), var, rows, cov)
+    return x_s, gaussian_log_density(x_s - (mean + gain(residual - apply(mean - x))), var, rows, cov, s_mat)
 
 
-def gaussian_log_density(d, var: float, rows, cov):
+def gaussian_log_density(d, var: float, rows, cov, s_mat):
     """log N(d; 0, P^{-1}) + D/2 log(2 pi var) for the precision P = I/var + H^T C^{-1} H (d (B, D),
-    H = rows (B, M, D), C = cov (B, M, M)): -(|d|^2/var + |H d|^2_{C^{-1}})/2 + (log det S - log det C)/2,
-    S = C + var H H^T, since det P = var^{-D} det S / det C."""
+    H = rows (B, M, D), C = cov (B, M, M), s_mat = S = C + var H H^T, which the callers already hold):
+    -(|d|^2/var + |H d|^2_{C^{-1}})/2 + (log det S - log det C)/2, since det P = var^{-D} det S / det C."""
     hd = (rows @ d[..., None])[..., 0]
-    s_mat = cov + var * rows @ rows.transpose(1, 2)
     return -0.5 * ((d ** 2).sum(1) / var + (hd * torch.linalg.solve(cov, hd[..., None])[..., 0]).sum(1)) \
         + 0.5 * (torch.linalg.slogdet(s_mat)[1] - torch.linalg.slogdet(cov)[1])
 
@@ -108,15 +107,15 @@ def preconditioned_langevin(x, state, step: float, t: float, sde, evaluate, gene
         g = score + grad.flatten(1)
         s_mat = cov + step * rows @ rows.transpose(1, 2)
         hg = (rows @ g[..., None])[..., 0]  # Sigma g = step (g - step H^T S^{-1} H g) (Woodbury)
-        return x + 0.5 * step * (g - step * (rows * torch.linalg.solve(s_mat, hg[..., None])).sum(1)), score
+        return x + 0.5 * step * (g - step * (rows * torch.linalg.solve(s_mat, hg[..., None])).sum(1)), score, s_mat
 
-    mean, score = drift_and_score(x, state)
+    mean, score, _ = drift_and_score(x, state)
     _, _, _, _, rows, cov = state
     zero = x.new_zeros(rows.shape[:2])
     x_new, log_q = gaussian_proposal(mean, step, mean, zero, rows, cov, generator)
     new = evaluate(x_new.reshape(state[2].shape))
-    mean_back, score_new = drift_and_score(x_new, new)
-    log_back = gaussian_log_density(x - mean_back, step, new[4], new[5])
+    mean_back, score_new, s_back = drift_and_score(x_new, new)
+    log_back = gaussian_log_density(x - mean_back, step, new[4], new[5], s_back)
     log_ratio = 0.5 * ((x_new - x) * (score + score_new)).sum(1) + new[0] - state[0] + log_back - log_q
     accept = torch.rand(log_ratio.shape, dtype=x.dtype, generator=generator).log() < log_ratio
     keep = lambda a, b: torch.where(accept.reshape(-1, *[1] * (a.dim() - 1)), a, b)  # noqa: E731
